@@ -1,0 +1,101 @@
+"""Small I/O helpers shared by every entry point: atomic writes and JSON/JSONL reading with useful errors.
+
+Every output of the project goes through :func:`atomic_write` so that an interrupted run never leaves a truncated
+file behind: the content is written to a temporary file in the same folder and renamed over the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TextIO
+
+
+class DataFormatError(ValueError):
+    """A user-supplied file is malformed; the message names the file, the record and the fix."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[TextIO]:
+    """Open a temporary sibling of ``path`` for writing and rename it over ``path`` only on success.
+
+    Args:
+        path: final file path; its folder is created if needed.
+        mode: ``"w"`` (text) or ``"wb"`` (binary).
+        encoding: text encoding (ignored for binary mode).
+
+    Yields:
+        The open temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    with atomic_write(path) as handle:
+        json.dump(obj, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Atomically write one JSON object per line; returns the number of records."""
+    count = 0
+    with atomic_write(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False))
+            handle.write("\n")
+            count += 1
+    return count
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file.
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        DataFormatError: on invalid JSON, with line and column.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file (blank lines are skipped).
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        DataFormatError: on an invalid line or a line that is not a JSON object, naming the line number.
+    """
+    path = Path(path)
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{path}, line {line_no}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return records
