@@ -245,7 +245,9 @@ class SCMModel(PreTrainedModel):
             loss, token_loss, holistic_loss, logic_loss = self._loss(
                 token_logits, sequence_logits, token_labels, sequence_labels
             )
-            if hasattr(self, "report_metrics") and self.training:
+            # hf-mtask-trainer binds report_metrics on the instance it trains (and patches the class for all
+            # instances), so only the bound instance attribute can be called.
+            if self.training and "report_metrics" in self.__dict__:
                 self.report_metrics(
                     token_loss=token_loss, holistic_loss=holistic_loss, logic_loss=logic_loss
                 )

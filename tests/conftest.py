@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny random backbones saved as HF folders, and tiny processed-data folders.
+
+Tiny means hidden 32, 2 layers, a 512-token vocabulary: every test model builds and trains in well under a second.
+The folders carry a real tokenizer (the Qwen2.5 one for causal backbones, MiniLM's WordPiece for encoders) so the
+entry points can load them like real checkpoints; the hand-made data only uses ids below the tiny vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, Qwen2Config, Qwen2Model
+
+TINY_VOCAB = 512
+
+
+def tiny_qwen2_config(vocab_size: int = TINY_VOCAB) -> Qwen2Config:
+    """A 2-layer, 32-wide Qwen2 config."""
+    return Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+
+
+def write_processed_split(path: Path, n: int, seed: int, bos: int | None = None, eos: int | None = 0) -> None:
+    """Write ``n`` processed records whose label is learnable: harmful responses contain token 7."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(n):
+            harmful = i % 3 == 0
+            prompt = [rng.randrange(20, TINY_VOCAB) for _ in range(rng.randint(3, 6))]
+            response = [rng.randrange(20, TINY_VOCAB) for _ in range(rng.randint(4, 12))]
+            labels = [0] * len(response)
+            if harmful:
+                at = rng.randrange(1, len(response))
+                response[at:] = [7] * (len(response) - at)
+                labels[at:] = [1] * (len(response) - at)
+            ids = ([bos] if bos is not None else []) + prompt + response + ([eos] if eos is not None else [])
+            token_labels = ([-100] if bos is not None else []) + [-100] * len(prompt) + labels + (
+                [-100] if eos is not None else [])
+            record = {"id": f"{path.stem}-{i:05d}", "input_ids": ids, "token_labels": token_labels,
+                      "sequence_labels": int(harmful), "response_start": len(ids) - len(response) - (eos is not None)}
+            handle.write(json.dumps(record) + "\n")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir() -> Path:
+    from utils.assets import qwen_tokenizer_path
+
+    return qwen_tokenizer_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_backbone(tmp_path_factory, qwen_tokenizer_dir) -> Path:
+    """A saved tiny random Qwen2 base model with the Qwen2.5 tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    torch.manual_seed(0)
+    Qwen2Model(tiny_qwen2_config()).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(qwen_tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_backbone(tmp_path_factory) -> Path:
+    """A saved tiny random BERT with MiniLM's WordPiece tokenizer."""
+    from utils.assets import minilm_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=512)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_processed_data(tmp_path_factory) -> Path:
+    """A processed-data folder (train/val/test) in the causal layout: no BOS, EOS id 0 appended."""
+    folder = tmp_path_factory.mktemp("tiny-data")
+    for seed, split, n in ((1, "train", 48), (2, "val", 12), (3, "test", 12)):
+        write_processed_split(folder / f"{split}.jsonl", n, seed)
+    (folder / "meta.json").write_text(json.dumps({"format_version": 1, "vocab_size": TINY_VOCAB,
+                                                  "eos_appended": True, "bos_token_id": None}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_data(tmp_path_factory) -> Path:
+    """A processed-data folder in the encoder layout: CLS id 101 first, SEP id 102 last."""
+    folder = tmp_path_factory.mktemp("tiny-encoder-data")
+    for seed, split, n in ((1, "train", 48), (2, "val", 12), (3, "test", 12)):
+        write_processed_split(folder / f"{split}.jsonl", n, seed, bos=101, eos=102)
+    (folder / "meta.json").write_text(json.dumps({"format_version": 1, "vocab_size": TINY_VOCAB,
+                                                  "eos_appended": True, "bos_token_id": 101}))
+    return folder

@@ -1,0 +1,93 @@
+"""train/train_qwen.py end to end on a tiny random backbone: it learns, saves, resumes and reloads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model import SCMModel
+from train.train_qwen import main, parse_args
+from utils.io_utils import DataFormatError
+
+
+def _run(backbone, data, out, *extra):
+    argv = ["--base-model-path", str(backbone), "--data-dir", str(data), "--output-dir", str(out),
+            "--report-to", "none", "--logging-steps", "1", "--per-device-train-batch-size", "4",
+            "--gradient-accumulation-steps", "1", "--learning-rate", "3e-3", *extra]
+    return main(*parse_args(argv))
+
+
+def test_scm_training_learns_and_checkpoint_reloads(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    out = _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "scm", "--max-steps", "12",
+               "--eval-steps", "6", "--save-steps", "6", "--lr-decay", "1.0")
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["model"]["alpha"] == 0.6 and summary["model"]["gamma"] == 1.0
+    assert summary["result"]["global_step"] == 12
+    assert summary["result"]["last_logged_loss"] < summary["result"]["first_logged_loss"]
+    model = SCMModel.from_pretrained(out)
+    assert model.config.task == "scm" and model.config.alpha == 0.6
+    # The saved backbone is no longer the random initial one.
+    initial = SCMModel.from_backbone(str(tiny_causal_backbone))
+    changed = [n for n, p in model.backbone.named_parameters()
+               if not torch.equal(p, dict(initial.backbone.named_parameters())[n])]
+    assert len(changed) > 0
+    assert (out / "tokenizer_config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_per_loss_values_are_logged(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "scm", "--max-steps", "2")
+    state = json.loads(next((tmp_path / "scm").glob("checkpoint-*/trainer_state.json")).read_text())
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert {"token_loss", "holistic_loss", "logic_loss"} <= set(logged[0])
+
+
+def test_qwen_full_uses_holistic_loss_only(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    out = _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "full", "--task", "qwen-full", "--max-steps", "2")
+    model = SCMModel.from_pretrained(out)
+    assert (model.config.alpha, model.config.gamma, model.config.task) == (0.0, 0.0, "qwen-full")
+
+
+def test_resume_continues_from_last_checkpoint(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    out = tmp_path / "resume"
+    _run(tiny_causal_backbone, tiny_processed_data, out, "--max-steps", "2", "--save-steps", "2", "--eval-steps", "2")
+    _run(tiny_causal_backbone, tiny_processed_data, out, "--max-steps", "4", "--save-steps", "2", "--eval-steps", "2")
+    summary = json.loads((out / "training_summary.json").read_text())
+    # Resumed at step 2: only 2 more optimisation steps were run in the second call.
+    assert summary["result"]["global_step"] == 4
+    assert summary["result"]["train"]["train_steps_per_second"] is not None
+    assert (out / "checkpoint-4").is_dir()
+
+
+def test_truncation_is_counted(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    out = _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "trunc", "--max-steps", "1", "--max-length", "8")
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["data"]["train_truncated"] > 0 and summary["data"]["max_length"] == 8
+
+
+def test_data_from_another_tokenizer_is_rejected(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    data = tmp_path / "big-ids"
+    data.mkdir()
+    for split in ("train", "val"):
+        lines = (tiny_processed_data / f"{split}.jsonl").read_text().splitlines()
+        record = json.loads(lines[0])
+        record["input_ids"][0] = 100_000  # beyond the tiny 512-token vocabulary
+        (data / f"{split}.jsonl").write_text("\n".join([json.dumps(record)] + lines[1:]) + "\n")
+    with pytest.raises(DataFormatError, match="does not fit the vocabulary"):
+        _run(tiny_causal_backbone, data, tmp_path / "o", "--max-steps", "1")
+
+
+def test_missing_data_dir_names_the_fix(tiny_causal_backbone, tmp_path):
+    with pytest.raises(FileNotFoundError, match="run-data.sh"):
+        _run(tiny_causal_backbone, tmp_path / "nowhere", tmp_path / "o", "--max-steps", "1")
+
+
+def test_missing_backbone_names_the_fix(tiny_processed_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="utils.assets"):
+        _run(tmp_path / "no-model", tiny_processed_data, tmp_path / "o", "--max-steps", "1")
+
+
+def test_unknown_flag_is_an_error():
+    with pytest.raises(SystemExit):
+        parse_args(["--base-model-path", "x", "--data-dir", "y", "--alpah", "0.3"])

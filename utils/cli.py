@@ -1,0 +1,30 @@
+"""Command-line parsing shared by the entry points: dataclass fields <-> flags, with helpful errors."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from transformers import HfArgumentParser
+
+
+def parse_dataclasses(types: tuple[type, ...], argv: list[str] | None = None, prog: str | None = None) -> tuple[Any, ...]:
+    """Parse ``argv`` into instances of the dataclasses ``types`` (flags accept ``--a_b`` and ``--a-b``).
+
+    An unknown flag exits with status 2 and suggests the closest valid flag.
+    """
+    parser = HfArgumentParser(types, prog=prog)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        known = [opt for action in parser._actions for opt in action.option_strings]
+        hints = []
+        for item in remaining:
+            if item.startswith("--"):
+                close = difflib.get_close_matches(item.split("=")[0], known, n=1)
+                hints.append(f"{item} (did you mean {close[0]}?)" if close else item)
+        parser.error(
+            f"unrecognized arguments: {' '.join(remaining)}"
+            + (f"; {', '.join(hints)}" if hints else "")
+            + "; run with --help for the valid flags"
+        )
+    return tuple(parsed)

@@ -1,0 +1,231 @@
+"""Training plumbing shared by ``train/train_qwen.py`` and ``train/train_modernbert.py``.
+
+- :class:`PaddingCollator`: dynamic padding (right side) of ``input_ids`` / ``token_labels`` per batch; examples are
+  never padded to the maximum length, and the Trainer's length-grouped sampler keeps batches of similar lengths.
+- :func:`truncate_records`: ``--max-length`` truncation, counted so it can be reported.
+- :class:`MonitorTrainer`: HF Trainer through hf-mtask-trainer (per-loss logging: token, holistic, logic) with the
+  transformers-5 fix (``_nested_gather`` was removed from ``Trainer``) and the paper's ExponentialLR schedule.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from utils.io_utils import write_json
+
+try:
+    from hf_mtask_trainer import HfMultiTaskTrainer as _BaseTrainer
+except ImportError as err:  # pragma: no cover - exercised only on a broken install
+    raise ImportError("hf-mtask-trainer is missing: run `bash scripts/setup.sh`") from err
+
+
+@dataclass
+class PaddingCollator:
+    """Pad a list of processed records into a batch.
+
+    Attributes:
+        pad_token_id: id used for padding ``input_ids`` (masked out by ``attention_mask`` anyway).
+        pad_to_multiple_of: round the padded length up (8 helps tensor cores on GPU; 1 on CPU).
+        with_token_labels: include ``token_labels`` (the encoder baseline has none).
+    """
+
+    pad_token_id: int = 0
+    pad_to_multiple_of: int = 1
+    with_token_labels: bool = True
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of > 1:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = len(features)
+        input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, longest), dtype=torch.long)
+        token_labels = torch.full((batch, longest), -100, dtype=torch.long)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            input_ids[row, :n] = torch.tensor(feature["input_ids"], dtype=torch.long)
+            attention_mask[row, :n] = 1
+            if self.with_token_labels:
+                token_labels[row, :n] = torch.tensor(feature["token_labels"], dtype=torch.long)
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "sequence_labels": torch.tensor([int(f["sequence_labels"]) for f in features], dtype=torch.long),
+        }
+        if self.with_token_labels:
+            out["token_labels"] = token_labels
+        return out
+
+
+def truncate_records(
+    records: list[dict[str, Any]], max_length: int, keep_last_id: int | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Cut every example to ``max_length`` tokens (from the right).
+
+    Args:
+        records: processed records.
+        max_length: maximum number of tokens.
+        keep_last_id: when set (the encoder's SEP), a truncated example still ends with it.
+
+    Returns:
+        ``(records, n_truncated)``; records that fit are returned unchanged.
+    """
+    if max_length < 2:
+        raise ValueError(f"--max-length must be at least 2, got {max_length}")
+    out, truncated = [], 0
+    for record in records:
+        if len(record["input_ids"]) <= max_length:
+            out.append(record)
+            continue
+        truncated += 1
+        ids = record["input_ids"][:max_length]
+        labels = record["token_labels"][:max_length]
+        if keep_last_id is not None:
+            ids = ids[:-1] + [keep_last_id]
+            labels = labels[:-1] + [-100]
+        out.append({**record, "input_ids": ids, "token_labels": labels})
+    return out, truncated
+
+
+def to_dataset(records: list[dict[str, Any]]):
+    """A ``datasets.Dataset`` with a ``length`` column, so the length-grouped sampler does not re-measure."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "input_ids": [r["input_ids"] for r in records],
+            "token_labels": [r["token_labels"] for r in records],
+            "sequence_labels": [int(r["sequence_labels"]) for r in records],
+            "length": [len(r["input_ids"]) for r in records],
+        }
+    )
+
+
+def use_length_grouping(args: TrainingArguments) -> None:
+    """Turn on length-grouped batches, whichever name this transformers version uses for it."""
+    if hasattr(args, "train_sampling_strategy"):
+        args.train_sampling_strategy = "group_by_length"
+    else:  # transformers < 5.2x
+        args.group_by_length = True
+    args.length_column_name = "length"
+
+
+def resolve_precision(args: TrainingArguments, precision: str) -> str:
+    """Apply ``--precision auto|bf16|fp16|fp32``: auto = bf16 on a CUDA GPU that supports it, else fp32.
+
+    Raises:
+        ValueError: for a half precision on a machine without CUDA.
+    """
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
+        raise ValueError(f"--precision {precision} needs a CUDA GPU; use --precision fp32 (or auto) on a CPU")
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"--precision must be auto, bf16, fp16 or fp32, got {precision!r}")
+    args.bf16 = precision == "bf16"
+    args.fp16 = precision == "fp16"
+    return precision
+
+
+def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:
+    """Freeze the embeddings and the first ``n_layers`` transformer blocks (cheap CPU fine-tuning).
+
+    Returns:
+        The number of parameters left trainable.
+
+    Raises:
+        ValueError: when the backbone's block list cannot be found or ``n_layers`` is too large.
+    """
+    if n_layers <= 0:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    blocks = None
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
+            blocks = module
+            break
+    if blocks is None:
+        raise ValueError("cannot find the backbone's layer list to freeze")
+    if n_layers > len(blocks):
+        raise ValueError(f"--freeze-layers {n_layers} exceeds the backbone's {len(blocks)} layers")
+    model.get_input_embeddings().requires_grad_(False)
+    for block in list(blocks)[:n_layers]:
+        block.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _report_metrics(state: Any, **metrics: Any) -> None:
+    state.add_metrics(**metrics)
+
+
+class MonitorTrainer(_BaseTrainer):
+    """hf-mtask-trainer's multi-loss logging + the paper's per-step exponential learning-rate decay.
+
+    Attributes:
+        lr_decay: ExponentialLR gamma applied after every optimisation step.
+    """
+
+    def __init__(self, *args: Any, lr_decay: float = 0.99, **kwargs: Any) -> None:
+        self.lr_decay = lr_decay
+        super().__init__(*args, **kwargs)
+        # hf-mtask-trainer binds `report_metrics` only when it first patches a model class, so a second trainer in
+        # the same process (resume, tests, sweeps) would log nothing: bind this trainer's state explicitly.
+        for module in self.model.modules():
+            if getattr(module, "supports_report_metrics", False):
+                module.report_metrics = functools.partial(_report_metrics, self.additional_state)
+
+    def _nested_gather(self, tensors: Any) -> Any:
+        # hf-mtask-trainer 0.0.5 calls this at every log; transformers 5.2 removed it from Trainer.
+        return self.accelerator.gather(tensors)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = torch.optim.lr_scheduler.ExponentialLR(
+                optimizer if optimizer is not None else self.optimizer, gamma=self.lr_decay
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-*`` folder in ``output_dir`` (to resume from), or None."""
+    output_dir = Path(output_dir)
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+@dataclass
+class RunSummary:
+    """What a training run writes next to its checkpoint (``training_summary.json``)."""
+
+    arguments: dict[str, Any]
+    data: dict[str, Any]
+    model: dict[str, Any]
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, output_dir: str | Path) -> None:
+        import transformers
+
+        payload = {
+            **self.__dict__,
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
+            "machine": {
+                "platform": platform.platform(),
+                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                "threads": torch.get_num_threads(),
+            },
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json(Path(output_dir) / "training_summary.json", json.loads(json.dumps(payload, default=str)))
