@@ -229,3 +229,158 @@ class RunSummary:
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json(Path(output_dir) / "training_summary.json", json.loads(json.dumps(payload, default=str)))
+
+
+@dataclass
+class CommonModelArguments:
+    """Options shared by both training scripts (the model-specific ones live in each script)."""
+
+    base_model_path: str = field(metadata={"help": "Local folder of the backbone (HF format)."})
+    data_dir: str = field(metadata={"help": "Processed data folder (train.jsonl, val.jsonl) from scripts/run-data.sh."})
+    max_length: int = field(default=4096, metadata={"help": "Truncate longer examples (counted and reported)."})
+    limit_train: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
+    limit_eval: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
+    freeze_layers: int = field(default=0, metadata={"help": "Freeze embeddings + the first N blocks (cheap CPU runs)."})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."})
+    attn_implementation: str | None = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2."})
+    lr_decay: float | None = field(default=None, metadata={"help": "ExponentialLR gamma per optimisation step."})
+    resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in --output-dir."})
+
+
+@dataclass
+class PaperTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` defaults shared by both scripts: evaluate and save every 100 steps, keep the best
+    (lowest validation loss), safetensors only, TensorBoard logs, seed 42. Each script sets its own optimiser defaults."""
+
+    eval_strategy: str = field(default="steps", metadata={"help": "Evaluate every --eval-steps."})
+    eval_steps: float = field(default=100, metadata={"help": "Evaluation interval (paper: 100)."})
+    save_strategy: str = field(default="steps", metadata={"help": "Save every --save-steps."})
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint interval (paper: 100)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the lowest-validation-loss model."})
+    metric_for_best_model: str | None = field(default="eval_loss", metadata={"help": "Metric."})
+    greater_is_better: bool | None = field(default=False, metadata={"help": "Lower eval_loss is better."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    report_to: str | None = field(default="tensorboard", metadata={"help": "tensorboard, none, ..."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the label columns."})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Validation computes the loss only."})
+    seed: int = field(default=42, metadata={"help": "Random seed (paper: 42)."})
+    save_safetensors: bool = field(default=True, metadata={"help": "Always safetensors, never pickles."})
+
+
+
+def load_tokenizer(path: str):
+    """``AutoTokenizer`` from a local folder, with errors that name the folder.
+
+    Raises:
+        FileNotFoundError: not a folder. OSError: the folder holds no loadable tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"--base-model-path {path} is not a folder; give a local HF model folder "
+            f"(`python -m utils.assets` prints the embedded SmolLM2 and MiniLM paths)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # tokenizers raise many types; the path is what the user must fix
+        raise OSError(f"cannot load a tokenizer from {path}: {err}") from err
+
+
+def run_training(
+    build_model: Any,
+    tokenizer: Any,
+    args: CommonModelArguments,
+    train_args: TrainingArguments,
+    *,
+    default_lr_decay: float,
+    with_token_labels: bool,
+    keep_last_id: int | None,
+    model_info: dict[str, Any],
+    logger: Any,
+) -> Path:
+    """The training flow both scripts share: data, truncation, model, Trainer, resume, save, summary.
+
+    Args:
+        build_model: ``f(dtype) -> PreTrainedModel`` building the fresh model from the backbone.
+        tokenizer: the backbone's tokenizer (saved beside the model).
+        args: common options. train_args: the Trainer's arguments.
+        default_lr_decay: ExponentialLR gamma when ``--lr-decay`` is not given.
+        with_token_labels: whether batches carry ``token_labels``.
+        keep_last_id: id kept as the last token when truncating (encoder SEP), else None.
+        model_info: task facts recorded in ``training_summary.json``.
+        logger: where progress messages go.
+
+    Returns:
+        The output folder (final model + tokenizer + ``training_summary.json``).
+    """
+    import sys
+    from dataclasses import asdict
+
+    from transformers import set_seed
+
+    from utils.processed_data import check_vocabulary, load_meta, load_split
+
+    started = time.time()
+    precision = resolve_precision(train_args, args.precision)
+    use_length_grouping(train_args)
+    train_args.label_names = ["token_labels", "sequence_labels"] if with_token_labels else ["sequence_labels"]
+    lr_decay = args.lr_decay if args.lr_decay is not None else default_lr_decay
+    set_seed(train_args.seed)
+
+    train_records = load_split(args.data_dir, "train", args.limit_train)
+    eval_records = load_split(args.data_dir, "val", args.limit_eval)
+    train_records, train_truncated = truncate_records(train_records, args.max_length, keep_last_id)
+    eval_records, eval_truncated = truncate_records(eval_records, args.max_length, keep_last_id)
+    if train_truncated or eval_truncated:
+        logger.warning("truncated to %d tokens: %d training and %d validation examples",
+                       args.max_length, train_truncated, eval_truncated)
+
+    model = build_model()
+    # Mixed precision keeps fp32 master weights; the Trainer autocasts to bf16/fp16.
+    model.float()
+    vocab = model.get_input_embeddings().num_embeddings
+    check_vocabulary(train_records + eval_records, vocab, args.data_dir, args.base_model_path)
+    trainable = freeze_lower_layers(model, args.freeze_layers)
+    # Padded positions are masked out, so any in-vocabulary id works; prefer the tokenizer's own pad/eos.
+    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None and t < vocab), 0)
+    collator = PaddingCollator(pad_token_id=pad_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1,
+                               with_token_labels=with_token_labels)
+    trainer = MonitorTrainer(
+        model=model,
+        args=train_args,
+        data_collator=collator,
+        train_dataset=to_dataset(train_records),
+        eval_dataset=to_dataset(eval_records),
+        # No processing_class: the Trainer would rewrite the backbone config's special-token ids from the
+        # tokenizer. The tokenizer is saved beside the final model below.
+        lr_decay=lr_decay,
+    )
+    resume_from = last_checkpoint(train_args.output_dir) if args.resume else None
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    eval_metrics = trainer.evaluate()
+
+    output_dir = Path(train_args.output_dir)
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    history = trainer.state.log_history
+    RunSummary(
+        arguments={"model": asdict(args), "training": train_args.to_dict(), "lr_decay": lr_decay,
+                   "precision": precision, "command": " ".join(sys.argv)},
+        data={"data_dir": str(args.data_dir), "meta": load_meta(args.data_dir),
+              "train_examples": len(train_records), "val_examples": len(eval_records),
+              "train_truncated": train_truncated, "val_truncated": eval_truncated, "max_length": args.max_length},
+        model={**model_info, "parameters": sum(p.numel() for p in model.parameters()),
+               "trainable_parameters": trainable, "backbone": args.base_model_path},
+        result={"train": train_result.metrics, "eval": eval_metrics,
+                "best_checkpoint": trainer.state.best_model_checkpoint,
+                "first_logged_loss": next((h["loss"] for h in history if "loss" in h), None),
+                "last_logged_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
+                "global_step": trainer.state.global_step, "wall_seconds": round(time.time() - started, 1)},
+    ).write(output_dir)
+    logger.info("saved %s (%d steps, eval_loss %.4f, %.0f s)", output_dir, trainer.state.global_step,
+                eval_metrics.get("eval_loss", float("nan")), time.time() - started)
+    return output_dir
