@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Shared by the run-*.sh drivers: repository root, the project's .venv, offline Hugging Face settings, and helpers
+# that fill in the embedded defaults (SmolLM2-135M / MiniLM and the project's own FineHarm-format sample).
+set -euo pipefail
+SCM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$SCM_ROOT"
+if [ -f .venv/bin/activate ]; then
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$SCM_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+# has_flag NAME ARGS...: true when --NAME, --NAME=..., or its underscore spelling is among ARGS.
+has_flag() {
+  local name="$1"; shift
+  local alt="${name//-/_}"
+  for arg in "$@"; do
+    case "$arg" in
+      "--$name"|"--$name="*|"--$alt"|"--$alt="*) return 0 ;;
+    esac
+  done
+  return 1
+}
+
+asset_path() {  # asset_path smollm2|minilm|qwen_tokenizer
+  python -c "import utils.assets as a; print({'smollm2': a.smollm2_path, 'minilm': a.minilm_path, 'qwen_tokenizer': a.qwen_tokenizer_path}['$1']())"
+}
+
+# sample_data_for TOKENIZER_PATH: prints a processed copy of the project's own sample for that tokenizer,
+# generating the sample and processing it the first time.
+sample_data_for() {
+  local tokenizer="$1"
+  local sample="$SCM_ROOT/.cache/fineharm-sample"
+  local out="$SCM_ROOT/.cache/data/sample-$(basename "$tokenizer")"
+  if [ ! -f "$sample/test_new.json" ]; then
+    python -m utils.sample_data --output-dir "$sample" >&2
+  fi
+  if [ ! -f "$out/meta.json" ]; then
+    python -m utils.data_process --output-dir "$out" --tokenizer-path "$tokenizer" --input-dir "$sample" >&2
+  fi
+  echo "$out"
+}
