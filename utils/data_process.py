@@ -1,0 +1,492 @@
+"""FineHarm -> token ids with token labels, the input of every training and evaluation script.
+
+Commands (from the repository root; ``scripts/run-data.sh OUTPUT_DIR TOKENIZER_PATH [flags]`` runs the same)::
+
+    # the paper's three folders, from ./FineHarm
+    python -m utils.data_process --output-dir scm --tokenizer-path /path/to/qwen-tokenizer
+    python -m utils.data_process --output-dir baseline-modernbert --tokenizer-path /path/to/modernbert-tokenizer
+
+    # any FineHarm-format folder, e.g. the project's own sample (python -m utils.sample_data), with the
+    # offline Qwen2.5 tokenizer (python -m utils.assets prints its folder)
+    python -m utils.data_process --output-dir /tmp/sample-qwen \\
+        --tokenizer-path .cache/assets/qwen2.5-tokenizer --input-dir .cache/fineharm-sample
+
+    # a quick run: 50 examples of the test split only, two worker processes
+    python -m utils.data_process --output-dir /tmp/q --tokenizer-path PATH --splits test --limit 50 --num-workers 2
+
+Per example the ids are ``[BOS] + tokens(prompt + "\\n\\n") + for each sentence: tokens(sentence) + tokens("\\n")
++ [EOS]``, every piece encoded on its own without special tokens. BOS falls back to CLS and EOS to SEP; either is
+left out when the tokenizer has neither (Qwen2.5 base has no BOS; a WordPiece tokenizer encodes "\\n" to nothing,
+so there is then no newline token). Labels: -100 for BOS, prompt and EOS; a sentence token is 1 when any word
+aligned to it is harmful, 0 when it aligns only to benign words, -100 when it aligns to no word; newline tokens
+are 0. Words are aligned to tokens with ``spacy_alignments.get_alignments(words, [tokenizer.decode([t]) ...])``,
+a character-level alignment that ignores whitespace, case and accents.
+
+Output (docs/ARCHITECTURE.md): ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (``id``, ``input_ids``,
+``token_labels``, ``sequence_labels``, ``response_start``) and ``meta.json``. All input is validated before
+anything is written; the files are written into a temporary sibling folder that replaces OUTPUT_DIR only when
+complete, so an interrupted or failed run leaves OUTPUT_DIR as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import spacy_alignments
+from tqdm.auto import tqdm
+
+from utils.fineharm import SPLITS, load_fineharm, response_label
+from utils.io_utils import write_json, write_jsonl
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FORMAT_VERSION = 1
+IGNORE_INDEX = -100
+PROMPT_SEPARATOR = "\n\n"
+SENTENCE_SEPARATOR = "\n"
+OUTPUT_NAMES = frozenset({f"{name}.jsonl" for name in SPLITS} | {"meta.json"})
+# Examples per tokenizer call: large enough for the Rust tokenizer's batching to pay off, small enough that the
+# progress bar moves and a worker's reply stays small.
+CHUNK_SIZE = 64
+
+
+class TokenizerLoadError(RuntimeError):
+    """The tokenizer path does not load; the message names the path and what to pass instead."""
+
+
+# ----------------------------------------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load a Hugging Face tokenizer from a folder (or a hub id where the hub is reachable).
+
+    Args:
+        path: folder with tokenizer files (``tokenizer.json`` or ``vocab.json``/``merges.txt``/``vocab.txt`` and
+            ``tokenizer_config.json``).
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        TokenizerLoadError: naming the path and the underlying cause.
+    """
+    from transformers import AutoTokenizer  # imported here so that the rest of the module loads in milliseconds
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # noqa: BLE001 - every loader failure becomes one clear message
+        cause = str(err).splitlines()[0] if str(err) else ""
+        raise TokenizerLoadError(
+            f"could not load a tokenizer from {str(path)!r} ({type(err).__name__}: {cause}); "
+            f"pass a folder holding the tokenizer files of the model you will train, e.g. the output of "
+            f"`python -m utils.assets` (offline) or a saved model folder"
+        ) from err
+    if len(tokenizer) == 0:
+        raise TokenizerLoadError(f"the tokenizer loaded from {str(path)!r} has an empty vocabulary; check its files")
+    return tokenizer
+
+
+def boundary_token_ids(tokenizer) -> tuple[Optional[int], Optional[int]]:
+    """The ids put around every example: BOS (else CLS) first and EOS (else SEP) last, ``None`` where absent.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+
+    Returns:
+        ``(start_id, end_id)``.
+    """
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    return start, end
+
+
+# ------------------------------------------------------------------------------------------------------ labelling
+
+
+def sentence_token_labels(words: Sequence[str], word_labels: Sequence[int], pieces: Sequence[str]) -> list[int]:
+    """Label the tokens of one sentence from its word labels.
+
+    Args:
+        words: the sentence's words.
+        word_labels: 0/1 per word.
+        pieces: the decoded text of each token of the sentence (``tokenizer.decode([id])``).
+
+    Returns:
+        Per token: 1 if any aligned word is harmful, 0 if it aligns only to benign words, -100 if it aligns to no
+        word (whitespace, a byte fragment of a split character, text missing from ``words``).
+    """
+    # get_alignments returns (words -> token indices, tokens -> word indices); we need the second.
+    _, token_to_words = spacy_alignments.get_alignments(list(words), list(pieces))
+    labels = []
+    for aligned in token_to_words:
+        if not aligned:
+            labels.append(IGNORE_INDEX)
+        else:
+            labels.append(int(any(word_labels[w] == 1 for w in aligned)))
+    return labels
+
+
+class ExampleEncoder:
+    """Turns validated FineHarm records into ``input_ids``/``token_labels`` for one tokenizer.
+
+    Holds what is the same for every example (boundary ids, the ids of "\\n") and a lazily filled cache of
+    single-token decodes: ``decode([id])`` is a pure function of the id, and a split decodes the same few thousand
+    ids hundreds of thousands of times.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.start_id, self.end_id = boundary_token_ids(tokenizer)
+        self.newline_ids = self._encode([SENTENCE_SEPARATOR])[0]
+        self._pieces: dict[int, str] = {}
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        # verbose=False: examples longer than model_max_length are expected (training truncates), not an error.
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def _piece(self, token_id: int) -> str:
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._pieces[token_id] = self.tokenizer.decode([token_id])
+        return piece
+
+    def encode_examples(self, examples: Sequence[dict]) -> list[dict]:
+        """Encode and label several records (one tokenizer call for all their texts).
+
+        Args:
+            examples: validated FineHarm records.
+
+        Returns:
+            Per record ``{"input_ids", "token_labels", "sequence_labels", "response_start"}``.
+        """
+        texts: list[str] = []
+        for example in examples:
+            texts.append(example["prompt"] + PROMPT_SEPARATOR)
+            texts.extend(example["sentences"])
+        encoded = iter(self._encode(texts))
+
+        results = []
+        for example in examples:
+            input_ids: list[int] = []
+            labels: list[int] = []
+            if self.start_id is not None:
+                input_ids.append(self.start_id)
+                labels.append(IGNORE_INDEX)
+            prompt_ids = next(encoded)
+            input_ids.extend(prompt_ids)
+            labels.extend([IGNORE_INDEX] * len(prompt_ids))
+            response_start = len(input_ids)
+            for words, word_labels in zip(example["words"], example["word_labels"]):
+                sentence_ids = next(encoded)
+                pieces = [self._piece(token_id) for token_id in sentence_ids]
+                input_ids.extend(sentence_ids)
+                labels.extend(sentence_token_labels(words, word_labels, pieces))
+                input_ids.extend(self.newline_ids)
+                labels.extend([0] * len(self.newline_ids))
+            if self.end_id is not None:
+                input_ids.append(self.end_id)
+                labels.append(IGNORE_INDEX)
+            results.append({
+                "input_ids": input_ids,
+                "token_labels": labels,
+                "sequence_labels": response_label(example),
+                "response_start": response_start,
+            })
+        return results
+
+
+# ------------------------------------------------------------------------------------------------ worker processes
+
+_WORKER_ENCODER: ExampleEncoder | None = None
+
+
+def _init_worker(tokenizer_path: str) -> None:
+    global _WORKER_ENCODER
+    _WORKER_ENCODER = ExampleEncoder(load_tokenizer(tokenizer_path))
+
+
+def _encode_in_worker(examples: list[dict]) -> list[dict]:
+    assert _WORKER_ENCODER is not None, "worker used before _init_worker"
+    return _WORKER_ENCODER.encode_examples(examples)
+
+
+def _chunks(items: Sequence[dict], size: int) -> Iterator[list[dict]]:
+    for begin in range(0, len(items), size):
+        yield list(items[begin : begin + size])
+
+
+def iter_processed(
+    split: str,
+    examples: Sequence[dict],
+    encoder: ExampleEncoder,
+    pool: Any = None,
+    show_progress: bool = True,
+) -> Iterator[dict]:
+    """Yield the output records of one split in input order.
+
+    Args:
+        split: split name, used in the ids (``"<split>-<index:05d>"``).
+        examples: validated FineHarm records.
+        encoder: the encoder for the chosen tokenizer (used when ``pool`` is None).
+        pool: optional ``multiprocessing`` pool whose workers were started with :func:`_init_worker`.
+        show_progress: draw a tqdm bar on stderr.
+
+    Yields:
+        ``{"id", "input_ids", "token_labels", "sequence_labels", "response_start"}``.
+    """
+    chunks = _chunks(examples, CHUNK_SIZE)
+    batches = pool.imap(_encode_in_worker, chunks) if pool is not None else map(encoder.encode_examples, chunks)
+    with tqdm(total=len(examples), desc=f"tokenising {split}", unit="ex", disable=not show_progress) as bar:
+        index = 0
+        for batch in batches:
+            for record in batch:
+                yield {"id": f"{split}-{index:05d}", **record}
+                index += 1
+            bar.update(len(batch))
+
+
+# ------------------------------------------------------------------------------------------------- output folder
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask_permissions(folder: Path) -> None:
+    """Give a published folder the permissions of an ordinary ``mkdir``/``open``: mkdtemp/mkstemp make them private."""
+    mask = _current_umask()
+    folder.chmod(0o777 & ~mask)
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            entry.chmod(0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def staged_output_dir(dest: str | os.PathLike, replaceable_names: Iterable[str]) -> Iterator[Path]:
+    """Give a temporary sibling folder to write into; it replaces ``dest`` only if the block succeeds.
+
+    ``dest`` is replaced as a whole, so stale files of an earlier run never mix with new ones. To avoid deleting
+    someone's work by a typo, an existing ``dest`` is replaced only when it holds nothing but files this kind of
+    run writes (``replaceable_names``); this is checked before the block runs.
+
+    Args:
+        dest: the final folder.
+        replaceable_names: file names an existing ``dest`` may hold.
+
+    Yields:
+        The temporary folder (on the same file system as ``dest``, so the final rename is atomic).
+
+    Raises:
+        FileExistsError: when ``dest`` is a file, a link, or a folder holding other files.
+    """
+    dest = Path(dest)
+    allowed = set(replaceable_names)
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise FileExistsError(f"output path {str(dest)!r} exists and is not a folder; choose another output folder")
+    if dest.is_dir():
+        foreign = sorted(entry.name for entry in dest.iterdir() if entry.name not in allowed)
+        if foreign:
+            raise FileExistsError(
+                f"output folder {str(dest)!r} already holds {', '.join(foreign[:5])}"
+                f"{' ...' if len(foreign) > 5 else ''}, which this command did not write; it would be replaced as a "
+                f"whole, so choose a new or empty folder (or remove those files)"
+            )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        yield tmp
+        _apply_umask_permissions(tmp)
+        if dest.exists():
+            # Move the old folder aside first: os.replace cannot overwrite a non-empty folder.
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+            os.replace(dest, old / "previous")
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+@dataclass
+class DataProcessArguments:
+    """Arguments of ``python -m utils.data_process`` (each field is one ``--flag``)."""
+
+    output_dir: str = field(
+        metadata={"help": "Folder to write train.jsonl/val.jsonl/test.jsonl and meta.json into (replaced as a whole); "
+                  "training reads it with --data-dir. The seed calls it scm, baseline-qwen or baseline-modernbert."}
+    )
+    tokenizer_path: str = field(
+        metadata={"help": "Folder with the tokenizer of the model to be trained (Qwen for SCM and the Qwen baseline, "
+                  "the encoder's for the encoder baseline)."}
+    )
+    input_dir: str = field(
+        default=str(REPO_ROOT / "FineHarm"),
+        metadata={"help": "FineHarm-format folder with train_new.json, valid_new.json and test_new.json "
+                  "(default: the project's FineHarm/ folder; see FineHarm/README.md)."},
+    )
+    splits: list[str] = field(
+        default_factory=lambda: list(SPLITS),
+        metadata={"help": "Splits to process.", "choices": list(SPLITS)},
+    )
+    limit: Optional[int] = field(
+        default=None,
+        metadata={"help": "Process only the first N examples of each split (quick runs); all are still validated."},
+    )
+    num_workers: int = field(
+        default=1,
+        metadata={"help": "Worker processes for tokenisation (each loads the tokenizer); 1 = in this process."},
+    )
+    show_progress: bool = field(default=True, metadata={"help": "Show a progress bar per split."})
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be a positive number of examples, got {self.limit}; omit it for all")
+        if self.num_workers < 1:
+            raise ValueError(f"--num-workers must be at least 1, got {self.num_workers}")
+        if not self.splits:
+            raise ValueError(f"--splits needs at least one of {list(SPLITS)}")
+        unknown = [name for name in self.splits if name not in SPLITS]
+        if unknown:
+            raise ValueError(f"--splits got unknown split(s) {unknown}; choose from {list(SPLITS)}")
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"--splits lists a split twice: {self.splits}")
+
+
+def _describe_path(path: str) -> str:
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def build_meta(args: DataProcessArguments, tokenizer, encoder: ExampleEncoder, split_stats: dict) -> dict:
+    """The ``meta.json`` of a processed folder (docs/ARCHITECTURE.md), so consumers need not guess.
+
+    Args:
+        args: the run's arguments.
+        tokenizer: the tokenizer used.
+        encoder: its encoder (boundary and newline ids).
+        split_stats: ``{split: {"examples", "harmful", "tokens", ...}}``.
+
+    Returns:
+        The metadata dictionary.
+    """
+    return {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": _describe_path(args.tokenizer_path),
+        "tokenizer_class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        # The ids actually put around each example (BOS else CLS, EOS else SEP), and whether they were.
+        "start_token_id": encoder.start_id,
+        "end_token_id": encoder.end_id,
+        "bos_prepended": encoder.start_id is not None,
+        "eos_appended": encoder.end_id is not None,
+        "newline_token_ids": list(encoder.newline_ids),
+        "prompt_separator": PROMPT_SEPARATOR,
+        "source": _describe_path(args.input_dir),
+        "limit": args.limit,
+        "splits": split_stats,
+    }
+
+
+def _count(records: Iterable[dict], stats: dict) -> Iterator[dict]:
+    """Pass records through while tallying the per-split statistics of meta.json."""
+    for record in records:
+        labels = record["token_labels"][record["response_start"] :]
+        stats["examples"] += 1
+        stats["harmful"] += record["sequence_labels"]
+        stats["tokens"] += len(record["input_ids"])
+        stats["labelled_response_tokens"] += sum(1 for label in labels if label != IGNORE_INDEX)
+        stats["harmful_tokens"] += sum(1 for label in labels if label == 1)
+        yield record
+
+
+def main(args: DataProcessArguments) -> dict:
+    """Validate the input, tokenise and label every requested split, and publish the output folder.
+
+    Args:
+        args: see :class:`DataProcessArguments`.
+
+    Returns:
+        The ``meta.json`` content.
+
+    Raises:
+        FileNotFoundError, DataFormatError: bad input (nothing is written).
+        TokenizerLoadError: the tokenizer does not load (nothing is written).
+        FileExistsError: the output folder holds files this command did not write.
+    """
+    started = time.perf_counter()
+    # Everything that can fail because of the user's input fails here, before any output exists.
+    data = load_fineharm(args.input_dir, args.splits)
+    tokenizer = load_tokenizer(args.tokenizer_path)
+    encoder = ExampleEncoder(tokenizer)
+    split_stats: dict[str, dict] = {}
+    pool = None
+    if args.num_workers > 1:
+        # spawn, not fork: the parent's Rust tokenizer may already run threads, which fork would break.
+        context = multiprocessing.get_context("spawn")
+        pool = context.Pool(args.num_workers, initializer=_init_worker, initargs=(args.tokenizer_path,))
+    try:
+        with staged_output_dir(args.output_dir, OUTPUT_NAMES) as tmp:
+            for split, examples in data.items():
+                if args.limit is not None:
+                    examples = examples[: args.limit]
+                stats = split_stats[split] = dict.fromkeys(
+                    ("examples", "harmful", "tokens", "labelled_response_tokens", "harmful_tokens"), 0
+                )
+                records = iter_processed(split, examples, encoder, pool, args.show_progress)
+                write_jsonl(tmp / f"{split}.jsonl", _count(records, stats))
+            meta = build_meta(args, tokenizer, encoder, split_stats)
+            write_json(tmp / "meta.json", meta)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    seconds = time.perf_counter() - started
+    summary = ", ".join(f"{name} {s['examples']} ({s['harmful']} harmful)" for name, s in split_stats.items())
+    print(f"[data_process] wrote {args.output_dir}: {summary} in {seconds:.1f} s", file=sys.stderr)
+    return meta
+
+
+def parse_args(argv: list[str] | None = None) -> DataProcessArguments:
+    """Parse command-line flags (``--output-dir`` and ``--output_dir`` both work).
+
+    Args:
+        argv: the flags; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The arguments.
+
+    Raises:
+        SystemExit: on an unknown flag or a bad value, with a message naming the fix.
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(DataProcessArguments, description=__doc__.splitlines()[0])
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        parser.error(f"{err}. Run `python -m utils.data_process --help` for the valid flags.")
+    return args
+
+
+if __name__ == "__main__":
+    main(parse_args())
