@@ -30,12 +30,9 @@ complete, so an interrupted or failed run leaves OUTPUT_DIR as it was.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +42,7 @@ import spacy_alignments
 from tqdm.auto import tqdm
 
 from utils.fineharm import SPLITS, load_fineharm, response_label
-from utils.io_utils import write_json, write_jsonl
+from utils.io_utils import staged_output_dir, write_json, write_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FORMAT_VERSION = 1
@@ -143,10 +140,14 @@ class ExampleEncoder:
 
     Args:
         tokenizer: a Hugging Face tokenizer.
+        max_prompt_tokens: keep only the last N tokens of ``prompt + "\n\n"`` (None keeps all). Long jailbreak
+            templates otherwise dominate the sequence length; cutting their start keeps every response token, which
+            plain right truncation at training time would lose. Used for reduced-budget (CPU) runs.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, max_prompt_tokens: Optional[int] = None):
         self.tokenizer = tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
         self.start_id, self.end_id = boundary_token_ids(tokenizer)
         self.newline_ids = self._encode([SENTENCE_SEPARATOR])[0]
         self._pieces: dict[int, str] = {}
@@ -184,6 +185,8 @@ class ExampleEncoder:
                 input_ids.append(self.start_id)
                 labels.append(IGNORE_INDEX)
             prompt_ids = next(encoded)
+            if self.max_prompt_tokens is not None and len(prompt_ids) > self.max_prompt_tokens:
+                prompt_ids = prompt_ids[len(prompt_ids) - self.max_prompt_tokens :]
             input_ids.extend(prompt_ids)
             labels.extend([IGNORE_INDEX] * len(prompt_ids))
             response_start = len(input_ids)
@@ -211,9 +214,9 @@ class ExampleEncoder:
 _WORKER_ENCODER: ExampleEncoder | None = None
 
 
-def _init_worker(tokenizer_path: str) -> None:
+def _init_worker(tokenizer_path: str, max_prompt_tokens: Optional[int] = None) -> None:
     global _WORKER_ENCODER
-    _WORKER_ENCODER = ExampleEncoder(load_tokenizer(tokenizer_path))
+    _WORKER_ENCODER = ExampleEncoder(load_tokenizer(tokenizer_path), max_prompt_tokens)
 
 
 def _encode_in_worker(examples: list[dict]) -> list[dict]:
@@ -259,69 +262,6 @@ def iter_processed(
 # ------------------------------------------------------------------------------------------------- output folder
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _apply_umask_permissions(folder: Path) -> None:
-    """Give a published folder the permissions of an ordinary ``mkdir``/``open``: mkdtemp/mkstemp make them private."""
-    mask = _current_umask()
-    folder.chmod(0o777 & ~mask)
-    for entry in folder.iterdir():
-        if entry.is_file() and not entry.is_symlink():
-            entry.chmod(0o666 & ~mask)
-
-
-@contextlib.contextmanager
-def staged_output_dir(dest: str | os.PathLike, replaceable_names: Iterable[str]) -> Iterator[Path]:
-    """Give a temporary sibling folder to write into; it replaces ``dest`` only if the block succeeds.
-
-    ``dest`` is replaced as a whole, so stale files of an earlier run never mix with new ones. To avoid deleting
-    someone's work by a typo, an existing ``dest`` is replaced only when it holds nothing but files this kind of
-    run writes (``replaceable_names``); this is checked before the block runs.
-
-    Args:
-        dest: the final folder.
-        replaceable_names: file names an existing ``dest`` may hold.
-
-    Yields:
-        The temporary folder (on the same file system as ``dest``, so the final rename is atomic).
-
-    Raises:
-        FileExistsError: when ``dest`` is a file, a link, or a folder holding other files.
-    """
-    dest = Path(dest)
-    allowed = set(replaceable_names)
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise FileExistsError(f"output path {str(dest)!r} exists and is not a folder; choose another output folder")
-    if dest.is_dir():
-        foreign = sorted(entry.name for entry in dest.iterdir() if entry.name not in allowed)
-        if foreign:
-            raise FileExistsError(
-                f"output folder {str(dest)!r} already holds {', '.join(foreign[:5])}"
-                f"{' ...' if len(foreign) > 5 else ''}, which this command did not write; it would be replaced as a "
-                f"whole, so choose a new or empty folder (or remove those files)"
-            )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    try:
-        yield tmp
-        _apply_umask_permissions(tmp)
-        if dest.exists():
-            # Move the old folder aside first: os.replace cannot overwrite a non-empty folder.
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-            os.replace(dest, old / "previous")
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 
@@ -355,8 +295,15 @@ class DataProcessArguments:
         metadata={"help": "Worker processes for tokenisation (each loads the tokenizer); 1 = in this process."},
     )
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar per split."})
+    max_prompt_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "Keep only the last N tokens of each prompt (+ its \\n\\n separator); for reduced-budget "
+                  "runs on long jailbreak prompts. Default: keep the whole prompt, as the paper does."},
+    )
 
     def __post_init__(self) -> None:
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"--max-prompt-tokens must be positive, got {self.max_prompt_tokens}; omit it to keep all")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive number of examples, got {self.limit}; omit it for all")
         if self.num_workers < 1:
@@ -403,6 +350,7 @@ def build_meta(args: DataProcessArguments, tokenizer, encoder: ExampleEncoder, s
         "prompt_separator": PROMPT_SEPARATOR,
         "source": _describe_path(args.input_dir),
         "limit": args.limit,
+        "max_prompt_tokens": args.max_prompt_tokens,
         "splits": split_stats,
     }
 
@@ -437,13 +385,14 @@ def main(args: DataProcessArguments) -> dict:
     # Everything that can fail because of the user's input fails here, before any output exists.
     data = load_fineharm(args.input_dir, args.splits)
     tokenizer = load_tokenizer(args.tokenizer_path)
-    encoder = ExampleEncoder(tokenizer)
+    encoder = ExampleEncoder(tokenizer, args.max_prompt_tokens)
     split_stats: dict[str, dict] = {}
     pool = None
     if args.num_workers > 1:
         # spawn, not fork: the parent's Rust tokenizer may already run threads, which fork would break.
         context = multiprocessing.get_context("spawn")
-        pool = context.Pool(args.num_workers, initializer=_init_worker, initargs=(args.tokenizer_path,))
+        pool = context.Pool(args.num_workers, initializer=_init_worker,
+                            initargs=(args.tokenizer_path, args.max_prompt_tokens))
     try:
         with staged_output_dir(args.output_dir, OUTPUT_NAMES) as tmp:
             for split, examples in data.items():

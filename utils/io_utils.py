@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TextIO
@@ -33,6 +34,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp makes the file private (0600); a published output gets the permissions of an ordinary open().
+    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
             yield handle
@@ -99,3 +102,66 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 raise DataFormatError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
             records.append(record)
     return records
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask_permissions(folder: Path) -> None:
+    """Give a published folder the permissions of an ordinary ``mkdir``/``open``: mkdtemp/mkstemp make them private."""
+    mask = _current_umask()
+    folder.chmod(0o777 & ~mask)
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            entry.chmod(0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def staged_output_dir(dest: str | os.PathLike, replaceable_names: Iterable[str]) -> Iterator[Path]:
+    """Give a temporary sibling folder to write into; it replaces ``dest`` only if the block succeeds.
+
+    ``dest`` is replaced as a whole, so stale files of an earlier run never mix with new ones. To avoid deleting
+    someone's work by a typo, an existing ``dest`` is replaced only when it holds nothing but files this kind of
+    run writes (``replaceable_names``); this is checked before the block runs.
+
+    Args:
+        dest: the final folder.
+        replaceable_names: file names an existing ``dest`` may hold.
+
+    Yields:
+        The temporary folder (on the same file system as ``dest``, so the final rename is atomic).
+
+    Raises:
+        FileExistsError: when ``dest`` is a file, a link, or a folder holding other files.
+    """
+    dest = Path(dest)
+    allowed = set(replaceable_names)
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise FileExistsError(f"output path {str(dest)!r} exists and is not a folder; choose another output folder")
+    if dest.is_dir():
+        foreign = sorted(entry.name for entry in dest.iterdir() if entry.name not in allowed)
+        if foreign:
+            raise FileExistsError(
+                f"output folder {str(dest)!r} already holds {', '.join(foreign[:5])}"
+                f"{' ...' if len(foreign) > 5 else ''}, which this command did not write; it would be replaced as a "
+                f"whole, so choose a new or empty folder (or remove those files)"
+            )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        yield tmp
+        _apply_umask_permissions(tmp)
+        if dest.exists():
+            # Move the old folder aside first: os.replace cannot overwrite a non-empty folder.
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+            os.replace(dest, old / "previous")
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from utils.fineharm import SPLIT_FILES, SPLITS
-from utils.io_utils import atomic_write, write_json
+from utils.io_utils import atomic_write, staged_output_dir, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLE_DIR = REPO_ROOT / ".cache" / "fineharm-sample"
@@ -503,7 +503,6 @@ def write_sample(
     Raises:
         FileExistsError: when ``output_dir`` holds files other than a sample's.
     """
-    from utils.data_process import staged_output_dir  # shared "replace a folder atomically" helper
 
     data = generate_sample(seed, sizes)
     with staged_output_dir(output_dir, SAMPLE_FILE_NAMES) as tmp:

@@ -22,10 +22,9 @@ from utils.data_process import (
     main,
     parse_args,
     sentence_token_labels,
-    staged_output_dir,
 )
 from utils.fineharm import SPLIT_FILES
-from utils.io_utils import DataFormatError, read_json, read_jsonl
+from utils.io_utils import DataFormatError, read_json, read_jsonl, staged_output_dir
 
 X = -100  # short for the ignore label in the expected lists below
 
@@ -325,3 +324,21 @@ def test_cli_flags_and_errors(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--output-dir", "o", "--tokenizer-path", "t", "--splits", "valid"])
     assert "invalid choice: 'valid'" in capsys.readouterr().err
+
+
+def test_max_prompt_tokens_keeps_the_end_of_the_prompt_and_every_response_token(qwen_tokenizer_dir, tmp_path):
+    from utils.data_process import DataProcessArguments, main
+    from utils.io_utils import read_jsonl
+    from utils.sample_data import write_sample
+
+    sample = write_sample(tmp_path / "fh", seed=3, sizes={"train": 4, "val": 2, "test": 2})
+    full_meta = main(DataProcessArguments(output_dir=str(tmp_path / "full"), tokenizer_path=str(qwen_tokenizer_dir),
+                                          input_dir=str(sample), show_progress=False))
+    cut_meta = main(DataProcessArguments(output_dir=str(tmp_path / "cut"), tokenizer_path=str(qwen_tokenizer_dir),
+                                         input_dir=str(sample), show_progress=False, max_prompt_tokens=3))
+    assert full_meta["max_prompt_tokens"] is None and cut_meta["max_prompt_tokens"] == 3
+    for full, cut in zip(read_jsonl(tmp_path / "full" / "test.jsonl"), read_jsonl(tmp_path / "cut" / "test.jsonl")):
+        assert cut["response_start"] == min(full["response_start"], 3)  # Qwen has no BOS
+        assert cut["input_ids"][: cut["response_start"]] == full["input_ids"][full["response_start"] - 3 : full["response_start"]]
+        assert cut["input_ids"][cut["response_start"]:] == full["input_ids"][full["response_start"]:]
+        assert cut["token_labels"][cut["response_start"]:] == full["token_labels"][full["response_start"]:]
