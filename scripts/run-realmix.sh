@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Reproduce the paper's claim on real responses (../shared/data/realmix, never copied into the project):
+# process realmix for each tokenizer, train SCM and the full-detection baseline on SmolLM2-135M and the encoder
+# baseline on MiniLM, evaluate each in full and partial mode, and write one Table-2-style report.
+#
+#   bash scripts/run-realmix.sh                 # reduced CPU budget (see BUDGET below), ~1 hour on 2 cores
+#   BUDGET=full bash scripts/run-realmix.sh     # the paper's budget (3 epochs, whole prompts, all layers): a GPU run
+#   REALMIX=/path/to/realmix OUT=results/realmix bash scripts/run-realmix.sh
+#
+# The reduced budget keeps every response token but only the last 64 prompt tokens (--max-prompt-tokens), trains
+# one epoch with the lower 24 of SmolLM2's 30 blocks frozen, and is otherwise the paper's recipe.
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
+OUT="${OUT:-results/realmix}"
+RUNS="${RUNS:-runs/realmix}"
+BUDGET="${BUDGET:-cpu}"
+SMOL="$(asset_path smollm2)"
+MINILM="$(asset_path minilm)"
+[ -f "$REALMIX/test_new.json" ] || { echo "run-realmix.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
+
+case "$BUDGET" in
+  cpu)
+    DATA_FLAGS=(--max-prompt-tokens 64)
+    ENCODER_DATA_FLAGS=(--max-prompt-tokens 64)
+    CAUSAL_FLAGS=(--num-train-epochs 1 --freeze-layers 24 --max-length 512 --eval-steps 40 --save-steps 40)
+    ENCODER_FLAGS=(--max-length 512 --eval-steps 40 --save-steps 40) ;;
+  full)
+    DATA_FLAGS=()
+    # MiniLM has 512 positions (ModernBERT, the paper's encoder, has 8,192): keep its inputs within them.
+    ENCODER_DATA_FLAGS=(--max-prompt-tokens 192)
+    CAUSAL_FLAGS=(--max-length 4096)
+    ENCODER_FLAGS=(--max-length 512) ;;
+  *) echo "run-realmix.sh: BUDGET must be cpu or full" >&2; exit 2 ;;
+esac
+
+CAUSAL_DATA="$SCM_ROOT/.cache/data/realmix-$BUDGET-smollm2"
+ENCODER_DATA="$SCM_ROOT/.cache/data/realmix-$BUDGET-minilm"
+timed() {  # timed NAME COMMAND...: run and record the wall time in $OUT/timings.tsv
+  local name="$1"; shift
+  local start=$SECONDS
+  "$@"
+  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$OUT/timings.tsv"
+}
+mkdir -p "$OUT"
+: > "$OUT/timings.tsv"
+[ -f "$CAUSAL_DATA/meta.json" ] || timed data-smollm2 bash scripts/run-data.sh "$CAUSAL_DATA" "$SMOL" --input-dir "$REALMIX" "${DATA_FLAGS[@]}"
+[ -f "$ENCODER_DATA/meta.json" ] || timed data-minilm bash scripts/run-data.sh "$ENCODER_DATA" "$MINILM" --input-dir "$REALMIX" "${ENCODER_DATA_FLAGS[@]}"
+
+train() {  # train NAME SCRIPT FLAGS...: skip when already trained
+  local name="$1"; shift
+  if [ -f "$RUNS/$name/training_summary.json" ]; then echo "[realmix] $name already trained"; return; fi
+  timed "train-$name" "$@" --output-dir "$RUNS/$name" --report-to tensorboard
+}
+train scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "$CAUSAL_DATA" "${CAUSAL_FLAGS[@]}"
+train qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "$CAUSAL_DATA" "${CAUSAL_FLAGS[@]}"
+train encoder bash scripts/run-modernbert-full.sh --base-model-path "$MINILM" --data-dir "$ENCODER_DATA" "${ENCODER_FLAGS[@]}"
+
+timed eval-scm bash scripts/run-scm.sh test --model-path "$RUNS/scm" --data-dir "$CAUSAL_DATA" --output-dir "$OUT/scm"
+timed eval-qwen-full bash scripts/run-qwen-full.sh test --model-path "$RUNS/qwen-full" --data-dir "$CAUSAL_DATA" --output-dir "$OUT/qwen-full"
+timed eval-qwen-partial bash scripts/run-qwen-partial.sh test --model-path "$RUNS/qwen-full" --data-dir "$CAUSAL_DATA" --output-dir "$OUT/qwen-partial"
+timed eval-encoder-full bash scripts/run-modernbert-full.sh test --model-path "$RUNS/encoder" --data-dir "$ENCODER_DATA" --output-dir "$OUT/encoder-full"
+timed eval-encoder-partial bash scripts/run-modernbert-partial.sh test --model-path "$RUNS/encoder" --data-dir "$ENCODER_DATA" --output-dir "$OUT/encoder-partial"
+for name in scm qwen-full encoder; do
+  cp "$RUNS/$name/training_summary.json" "$OUT/training-summary-$name.json"
+done
+bash scripts/run-report.sh "$OUT/scm" "$OUT/qwen-full" "$OUT/qwen-partial" "$OUT/encoder-full" "$OUT/encoder-partial" \
+  --output "$OUT/report.md"
+cat "$OUT/report.md"
