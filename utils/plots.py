@@ -1,0 +1,175 @@
+"""PNG plots of a partial-detection evaluation (matplotlib, headless Agg backend).
+
+- macro-F1 against k, one line per theta (the reported split solid, the validation split dashed), with the paper
+  and leak-free operating points marked: shows how sensitive the monitor is to its two knobs;
+- the stop-position histogram (share of tokens seen when stopped, 10% bins) for harmful responses and for benign
+  responses stopped by mistake: the paper's "how early" figure;
+- score traces of a few responses: each scorer's per-prefix harmful probability along the response, the
+  threshold, the stop position and the tokens labelled harmful.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: evaluation runs on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from utils.decision_rules import delay_k_stop_index  # noqa: E402
+from utils.io_utils import atomic_write  # noqa: E402
+from utils.metrics import DELAY_BIN_LABELS  # noqa: E402
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_macro_f1_vs_k(partial: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
+    """Macro-F1 against k per theta from :func:`utils.metrics.partial_protocols` output.
+
+    Args:
+        partial: the protocols result (its ``sweep`` holds ``{split: {theta_key: [macro-F1 for k=1..]}}``).
+        path: PNG file to write (atomically).
+        title: figure title.
+
+    Returns:
+        The PNG path.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    eval_split, select_split = partial["eval_split"], partial.get("select_split")
+    colors = {}
+    for key, values in partial["sweep"][eval_split].items():
+        (line,) = ax.plot(range(1, len(values) + 1), [100 * v for v in values], label=f"θ={key} ({eval_split})")
+        colors[key] = line.get_color()
+    if select_split:
+        for key, values in partial["sweep"][select_split].items():
+            ax.plot(range(1, len(values) + 1), [100 * v for v in values], linestyle="--", alpha=0.6,
+                    color=colors.get(key), label=f"θ={key} ({select_split})")
+    for protocol, marker in (("paper", "*"), ("leak_free", "o")):
+        point = partial.get(protocol)
+        if point:
+            ax.plot([point["k"]], [100 * point["report"]["macro_f1"]], marker=marker, markersize=12, color="black",
+                    linestyle="none", label=f"{protocol.replace('_', '-')}: θ={point['theta']:g}, k={point['k']}")
+    ax.set_xlabel("k (flagged tokens before stopping)")
+    ax.set_ylabel("macro-F1 (%)")
+    ax.set_title(title or f"Partial detection, {partial['scorer']} scorer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_stop_histogram(delay: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
+    """Bars of stop positions (share of tokens seen) for harmful stops and benign false stops.
+
+    Args:
+        delay: :func:`utils.metrics.delay_statistics` output.
+        path: PNG file to write.
+        title: figure title.
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    positions = range(len(DELAY_BIN_LABELS))
+    width = 0.4
+    harmful, benign = delay["harmful"], delay["benign"]
+    ax.bar([p - width / 2 for p in positions], harmful["histogram"], width,
+           label=f"harmful stopped ({harmful['stopped']}/{harmful['responses']})")
+    ax.bar([p + width / 2 for p in positions], benign["histogram"], width,
+           label=f"benign stopped by mistake ({benign['stopped']}/{benign['responses']})")
+    ax.set_xticks(list(positions), DELAY_BIN_LABELS, rotation=45, fontsize=8)
+    ax.set_xlabel("share of the response's tokens seen when stopped")
+    ax.set_ylabel("responses")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title or "Stop positions")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def pick_trace_examples(records: Sequence[dict[str, Any]], n: int = 4) -> list[dict[str, Any]]:
+    """Up to ``n`` non-empty responses for score traces: harmful and benign alternately, in file order."""
+    harmful = [r for r in records if r["label"] == 1 and r["n_response_tokens"] > 0]
+    benign = [r for r in records if r["label"] == 0 and r["n_response_tokens"] > 0]
+    picked = []
+    for pair in zip(harmful, benign):
+        picked.extend(pair)
+    picked.extend(harmful[len(benign):] + benign[len(harmful):])
+    return picked[:n]
+
+
+def plot_score_traces(
+    records: Sequence[dict[str, Any]],
+    scorers: Sequence[str],
+    theta: float,
+    k: int,
+    path: str | os.PathLike,
+    n_examples: int = 4,
+) -> Path:
+    """Per-prefix scores of a few responses, with theta, the delay-k stop and harmful-labelled tokens shaded.
+
+    Args:
+        records: prediction records holding ``scores`` for every name in ``scorers``.
+        scorers: score lists to draw.
+        theta, k: the operating point whose stop position is marked (per scorer).
+        path: PNG file to write.
+        n_examples: how many responses (harmful and benign alternately).
+    """
+    examples = pick_trace_examples(records, n_examples)
+    rows = max(len(examples), 1)
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 2.4 * rows), squeeze=False, constrained_layout=True)
+    for ax, record in zip(axes[:, 0], examples):
+        for position, label in enumerate(record.get("token_labels", [])):
+            if label == 1:
+                ax.axvspan(position - 0.5, position + 0.5, color="red", alpha=0.12, linewidth=0)
+        for scorer in scorers:
+            values = record["scores"][scorer]
+            (line,) = ax.plot(range(len(values)), values, label=scorer)
+            stop = delay_k_stop_index(values, theta, k)
+            if stop is not None:
+                ax.axvline(stop, color=line.get_color(), linestyle=":", label=f"{scorer} stop @ {stop}")
+        ax.axhline(theta, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{record['id']} (label {'harmful' if record['label'] else 'benign'})", fontsize=9)
+        ax.set_ylabel("P(harmful)")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[-1, 0].set_xlabel(f"response token (θ = {theta:g}, k = {k}; shaded: labelled harmful)")
+    return _save(fig, path)
+
+
+def write_partial_plots(output_dir: Path, metrics: dict[str, Any], eval_records: list[dict[str, Any]]) -> list[str]:
+    """Write every plot of a run's partial-detection results (none for full-only runs).
+
+    The stop histogram and the traces use the leak-free operating point when there is one (it is the honest
+    setting a provider would deploy), else the paper protocol's.
+
+    Args:
+        output_dir: the evaluation folder.
+        metrics: :func:`utils.metrics.evaluate_records` output.
+        eval_records: prediction records of the reported split (for the score traces).
+
+    Returns:
+        The PNG file names written.
+    """
+    names = []
+    for scorer, partial in metrics["partial"].items():
+        point = partial["leak_free"] or partial["paper"]
+        protocol = "leak-free" if partial["leak_free"] else "paper"
+        plot_macro_f1_vs_k(partial, output_dir / f"macro-f1-vs-k-{scorer}.png",
+                           f"Partial detection, {scorer} scorer: macro-F1 vs k")
+        plot_stop_histogram(point["report"]["delay"], output_dir / f"stop-histogram-{scorer}.png",
+                            f"Stop positions, {scorer} scorer ({protocol}: θ={point['theta']:g}, k={point['k']})")
+        names += [f"macro-f1-vs-k-{scorer}.png", f"stop-histogram-{scorer}.png"]
+    if metrics["partial"]:
+        first = next(iter(metrics["partial"].values()))
+        point = first["leak_free"] or first["paper"]
+        plot_score_traces(eval_records, list(metrics["partial"]), point["theta"], point["k"],
+                          output_dir / "score-traces.png")
+        names.append("score-traces.png")
+    return names
