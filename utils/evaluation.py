@@ -552,7 +552,8 @@ def write_metric_files(output_dir: Path, metrics: dict[str, Any], thresholds: Se
     """One JSON per threshold, as the paper's code writes them: ``metrics-full-theta<t>.json`` and
     ``metrics-partial-<scorer>-theta<t>.json``. Returns the file names."""
     names = []
-    for theta in thresholds if metrics["full"] else ():
+    full_thresholds = thresholds if metrics["full"] else ()  # full-detection files need full scores
+    for theta in full_thresholds:
         key = theta_key(theta)
         name = f"metrics-full-theta{key}.json"
         write_json(output_dir / name, {

@@ -451,7 +451,9 @@ def full_protocols(
     if select_records is not None:
         by_split[select_split] = full_detection(select_records, grid)
         selection = by_split[select_split]
-        chosen = min(grid, key=lambda t: (-round(selection[theta_key(t)]["macro_f1"], _TIE_DECIMALS), t))
+        # Selection only among the requested thresholds (the fixed one is added to the grid for reporting).
+        candidates = sorted({float(t) for t in thresholds})
+        chosen = min(candidates, key=lambda t: (-round(selection[theta_key(t)]["macro_f1"], _TIE_DECIMALS), t))
         leak_free = {"theta": chosen, "selected_on": select_split,
                      "selection_macro_f1": selection[theta_key(chosen)]["macro_f1"],
                      "report": by_split[eval_split][theta_key(chosen)]}

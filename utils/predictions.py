@@ -115,7 +115,7 @@ def validate_record(
     if "id" not in record:
         fail("id", "is missing")
     if not isinstance(record["id"], (str, int)) or isinstance(record["id"], bool) or record["id"] == "":
-        fail("id", "must be a non-empty string")
+        fail("id", "must be a non-empty string (or an integer)")
     if "label" not in record:
         fail("label", "is missing")
     if record["label"] not in (0, 1) or not _is_int(record["label"]):

@@ -39,8 +39,8 @@ PROTOCOL_NOTE = (
     "does (optimistic); *leak-free* picks them on the validation split and reports the test split; *fixed* is "
     "full detection at theta = 0.5. Ties go to the smallest k, then the smallest theta. Partial detection flags a "
     "response when the delay-k rule fires (k response tokens with score >= theta, counted cumulatively). "
-    "*Seen* is the mean share of its tokens a harmful response had shown when it was stopped; *<=10%* and "
-    "*<=30%* are the shares of stopped harmful responses stopped within their first 10% / 30% of tokens."
+    "*Seen* is the mean share of its tokens a harmful response had shown when it was stopped; *≤10%* and "
+    "*≤30%* are the shares of stopped harmful responses stopped within their first 10% / 30% of tokens."
 )
 
 
@@ -283,8 +283,10 @@ def merged_report(run_dirs: Sequence[str | os.PathLike]) -> str:
     rows, seen, sources = [], set(), []
     for run_dir in run_dirs:
         summary = load_summary(run_dir)
-        sources.append(f"- `{run_dir}`: {summary.get('script')} on `{summary.get('data', {}).get('data_dir')}` "
-                       f"(`{summary.get('eval_split')}` split)")
+        data = summary.get("data", {})
+        evaluated = data.get("splits", {}).get(summary.get("eval_split"), {})
+        sources.append(f"- `{run_dir}`: {summary.get('script')} on `{data.get('data_dir')}` "
+                       f"(`{summary.get('eval_split')}` split, {evaluated.get('examples', '?')} examples)")
         for row in summary.get("rows") or summary_rows(summary):
             key = (row.get("model_path"), row.get("data_dir"), row["mode"], row.get("scorer"), row["protocol"],
                    row["theta"], row.get("k"))

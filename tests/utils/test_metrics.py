@@ -249,3 +249,8 @@ def test_full_protocols_leak_free_threshold_from_validation():
     tied = full_protocols(test, [rec(1, full=0.65, rid="d"), rec(0, full=0.6, rid="e")], (0.5, 0.6, 0.7))
     assert tied["leak_free"]["theta"] == 0.5
     assert full_protocols(test, None, (0.5,))["leak_free"] is None
+    # The fixed 0.5 is reported even when not requested, but the leak-free choice stays among the requested ones.
+    # On this validation set 0.5 scores 1/3 like 0.7 and 0.9; were it a candidate, the tie would pick it.
+    only_high = full_protocols(test, [rec(1, full=0.65, rid="d"), rec(0, full=0.6, rid="e")], (0.7, 0.9))
+    assert only_high["fixed"]["theta"] == 0.5 and "0.5" in only_high["by_threshold"]["test"]
+    assert only_high["leak_free"]["theta"] == 0.7

@@ -90,7 +90,7 @@ def test_merged_report_deduplicates_and_keeps_order(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| ") and "(" in line.split("|")[1]]
     assert rows[:4] == EXPECTED_ROWS
     assert [r.split("|")[1].strip() for r in rows[4:]] == ["Encoder baseline (enc)"] * 2
-    assert f"- `{encoder}`: test.test_qwen_partial on `/data` (`test` split)" in text
+    assert f"- `{encoder}`: test.test_qwen_partial on `/data` (`test` split, 4 examples)" in text
 
 
 def test_cli_writes_file_and_errors(tmp_path, capsys):
