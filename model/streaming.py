@@ -1,0 +1,608 @@
+"""Streaming content monitor runtime: score an LLM's response token by token, for many streams at once.
+
+The monitor keeps an explicit state per stream. ``start`` encodes the prompt exactly as the data processing does
+(``[BOS] + tokens(prompt + "\\n\\n")``) and runs it through the backbone once; each ``push`` runs the backbone only on
+the new tokens, reusing the KV cache, and returns their harmful scores, the decision rule's running count and,
+once the rule fires, where to stop. ``push_many`` advances many streams of different lengths, each by its own number
+of tokens, in one batched forward. Because the backbone is causal, the score of a token streamed this way is the
+score the offline partial evaluation gives the same prefix in one full forward (checked by
+``python -m test.verify_streaming``).
+
+Example::
+
+    monitor = StreamingMonitor.from_pretrained("runs/scm-default", theta=0.5, k=3)
+    state = monitor.start("How do I make a cake?")
+    for token_id in generated_ids:
+        result = monitor.push(state, [token_id])
+        if result.stopped:
+            print("stop at response token", result.stop.index, "score", result.stop.score)
+            break
+    monitor.close(state)
+
+Design notes:
+
+- KV storage is a :class:`~model.streaming_cache.KVSlab` (per-row write offsets, explicit 4D masks, doubling
+  capacity): per-token work is the attention over the row's own past and nothing else; the past is never copied
+  on a step. Streams are moved between slabs (a copy of their past) only when the set of streams pushed together
+  changes; a slab is reused as long as at least half of its rows take part in the push.
+- The per-step compute is the single method :meth:`StreamingMonitor._run_step`; a CUDA fast path (static buffers
+  and a captured graph) replaces that method and keeps the rest. Nothing here assumes a device or a dtype; scores
+  are returned in fp32.
+- Misuse raises a :class:`StreamingError` subclass with a message that says what to do; a push that raises changes
+  no stream.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from model.modeling_qwen4dual_2CE_w_logic import SCMModel
+from model.streaming_cache import CAPACITY_QUANTUM, KVSlab, SlabCache, StepPlan, build_attention_mask
+from utils.decision_rules import DecisionRule, RuleState, make_rule
+
+SCORERS = ("token", "holistic")
+RULES = ("delay-k", "consecutive-n")
+# Default n of consecutive-n when none is given: Qwen3Guard-Stream flags after two consecutive unsafe tokens.
+DEFAULT_CONSECUTIVE_N = 2
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+class StreamingError(Exception):
+    """Base class of the runtime's misuse errors."""
+
+
+class StreamClosedError(StreamingError, RuntimeError):
+    """A closed stream was pushed."""
+
+
+class StreamStoppedError(StreamingError, RuntimeError):
+    """A stream that the rule already stopped was pushed again."""
+
+
+class StreamLengthError(StreamingError, ValueError):
+    """A stream would exceed the backbone's maximum length."""
+
+
+class InvalidTokenError(StreamingError, ValueError):
+    """A token id is not in the model's vocabulary (or is not an integer)."""
+
+
+@dataclass(frozen=True)
+class StopEvent:
+    """Where and why a stream was stopped.
+
+    Attributes:
+        index: 0-based index of the stop token among the stream's response tokens.
+        token_id: the stop token's id.
+        score: its harmful score under the monitor's scorer.
+        count: the rule's counter when it fired (flagged tokens for delay-k, the run length for consecutive-n).
+        rule: the rule's name (``delay-3``, ``consecutive-2``).
+        theta: the flagging threshold.
+        scorer: ``token`` or ``holistic``.
+    """
+
+    index: int
+    token_id: int
+    score: float
+    count: int
+    rule: str
+    theta: float
+    scorer: str
+
+    def describe(self) -> str:
+        """One human-readable line, e.g. for a CLI report."""
+        return (f"stopped at response token {self.index} (id {self.token_id}): {self.scorer} score {self.score:.4f} "
+                f">= theta {self.theta}, {self.rule} count reached {self.count}")
+
+
+@dataclass
+class PushResult:
+    """What one push of new tokens into one stream produced.
+
+    Attributes:
+        scores: harmful score of each new token under the monitor's scorer (all pushed tokens, also those after a
+            stop inside the same push).
+        token_scores, holistic_scores: the scores of both heads, whichever scorer decides.
+        count: the rule's running counter after this push (at the stop when the rule fired).
+        seen: response tokens the rule has consumed so far (it consumes none after a stop).
+        stop: the stop event when the rule fired in this push, else None.
+    """
+
+    scores: list[float]
+    token_scores: list[float]
+    holistic_scores: list[float]
+    count: int
+    seen: int
+    stop: StopEvent | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None
+
+
+@dataclass(eq=False)
+class StreamState:
+    """The state of one monitored stream; pass it back to the monitor's ``push``/``push_many``/``close``.
+
+    Attributes:
+        stream_id: unique id within its monitor (used in error messages).
+        prompt_length: tokens of the encoded prompt (BOS included).
+        length: tokens held in the KV cache (prompt + response).
+        rule_state: the decision rule's running state.
+        stop: the stop event once the rule fired.
+        closed: True after :meth:`StreamingMonitor.close`.
+    """
+
+    stream_id: int
+    prompt_length: int
+    length: int = 0
+    rule_state: RuleState = field(default_factory=RuleState)
+    stop: StopEvent | None = None
+    closed: bool = False
+    _monitor: Any = field(default=None, repr=False)
+    _slab: KVSlab | None = field(default=None, repr=False)
+    _row: int = field(default=-1, repr=False)
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None
+
+    @property
+    def n_response_tokens(self) -> int:
+        return self.length - self.prompt_length
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; None stays None.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Encode a prompt the way ``utils/data_process.py`` does: ``[BOS, else CLS, if any] + tokens(prompt + "\\n\\n")``.
+
+    Args:
+        tokenizer: the monitor's tokenizer.
+        prompt: the user's prompt text.
+
+    Returns:
+        Token ids (special tokens other than the leading BOS/CLS are never added).
+    """
+    ids = tokenizer(prompt + "\n\n", add_special_tokens=False)["input_ids"]
+    first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    return ([first] if first is not None else []) + list(ids)
+
+
+def cache_argument_name(backbone_class: type) -> str:
+    """Name of a backbone forward's KV-cache argument: ``cache`` on newer transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(backbone_class.forward).parameters else "past_key_values"
+
+
+def _harmful_probability(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.float(), dim=-1)[..., 1]
+
+
+@torch.inference_mode()
+def score_offline(model: SCMModel, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score every position with one full causal forward (no cache): the offline partial evaluation's reference.
+
+    Args:
+        model: an SCM model in eval mode.
+        input_ids: ``(batch, seq)`` ids (all rows real tokens, no padding).
+
+    Returns:
+        ``(token, holistic)`` harmful probabilities, each ``(batch, seq)`` fp32.
+    """
+    device = next(model.parameters()).device
+    out = model(input_ids=input_ids.to(device))
+    return _harmful_probability(out.token_logits), _harmful_probability(model.holistic_scorer(out.last_hidden_state))
+
+
+def _normalise_ids(new_ids: Any, stream_id: int) -> list[int]:
+    if isinstance(new_ids, torch.Tensor):
+        if new_ids.dim() > 1:
+            raise InvalidTokenError(f"stream {stream_id}: expected a 1D tensor of token ids, got shape "
+                                    f"{tuple(new_ids.shape)}")
+        if new_ids.is_floating_point() or new_ids.dtype == torch.bool:
+            raise InvalidTokenError(f"stream {stream_id}: token ids must be integers, got a {new_ids.dtype} tensor")
+        return new_ids.reshape(-1).tolist()
+    if isinstance(new_ids, (str, bytes)) or not isinstance(new_ids, Sequence) and not hasattr(new_ids, "tolist"):
+        raise InvalidTokenError(f"stream {stream_id}: expected a sequence of token ids, got {type(new_ids).__name__}"
+                                f" (wrap a single id in a list; text goes through utils.text_guard)")
+    ids = new_ids.tolist() if hasattr(new_ids, "tolist") else list(new_ids)
+    for position, token in enumerate(ids):
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise InvalidTokenError(f"stream {stream_id}: token at position {position} of the push is "
+                                    f"{token!r} ({type(token).__name__}), not an integer id")
+    return ids
+
+
+class StreamingMonitor:
+    """The streaming runtime around an :class:`SCMModel` (see the module docstring).
+
+    Args:
+        model: the SCM model (its parameters decide the device and dtype; it is put in eval mode).
+        tokenizer: the checkpoint's tokenizer; needed only to start streams from prompt text.
+        theta: flagging threshold; default ``model.config.theta``.
+        k: the rule's integer: k of delay-k (default ``model.config.delay_k``) or n of consecutive-n (default 2).
+        rule: ``delay-k`` (the paper's cumulative rule), ``consecutive-n``, or a ready rule object from
+            ``utils.decision_rules``.
+        scorer: ``token`` (the token head) or ``holistic`` (the holistic head at every position); default
+            ``model.config.scorer``.
+        attn_implementation: when given, switch the backbone to it (``sdpa`` or ``eager``).
+
+    Raises:
+        ValueError: bad theta, k, rule or scorer; a backbone with sliding-window or other non-full attention layers.
+    """
+
+    def __init__(
+        self,
+        model: SCMModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        theta: float | None = None,
+        k: int | None = None,
+        rule: str | DecisionRule = "delay-k",
+        scorer: str | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
+        config = model.config
+        self.model = model.eval()
+        if attn_implementation is not None:
+            self.model.set_attn_implementation(attn_implementation)
+        self.tokenizer = tokenizer
+        self.theta = float(config.theta if theta is None else theta)
+        if not 0.0 <= self.theta <= 1.0:
+            raise ValueError(f"theta must be a probability in [0, 1], got {self.theta}")
+        self.scorer = config.scorer if scorer is None else scorer
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
+        if isinstance(rule, str):
+            if k is None:
+                k = int(config.delay_k) if rule.startswith("delay") else DEFAULT_CONSECUTIVE_N
+            self.rule = make_rule(rule, k)
+        else:
+            self.rule = rule
+        backbone_config = config.backbone_config
+        layer_types = set(getattr(backbone_config, "layer_types", None) or ["full_attention"])
+        if layer_types != {"full_attention"}:
+            raise ValueError(f"the streaming runtime supports full-attention backbones only; this one has layer types "
+                             f"{sorted(layer_types)}")
+        self.max_length = int(backbone_config.max_position_embeddings)
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        self.n_layers = int(backbone_config.num_hidden_layers)
+        self._stream_ids = itertools.count()
+        self._cache_kwarg = cache_argument_name(type(model.backbone))
+
+    # ----------------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str | Path,
+        *,
+        theta: float | None = None,
+        k: int | None = None,
+        rule: str = "delay-k",
+        scorer: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
+    ) -> "StreamingMonitor":
+        """Load a monitor from an SCM checkpoint folder (weights, config with theta/k/scorer, tokenizer).
+
+        Args:
+            model_path: folder written by ``train/train_qwen.py`` (``config.task`` ``scm`` or ``qwen-full``).
+            theta, k, rule, scorer: override the checkpoint's operating point (see the class docstring).
+            device: e.g. ``cpu``, ``cuda``, ``cuda:1``; default cuda when available.
+            dtype: weights/compute dtype (``float32``, ``bfloat16``, ...); default: the checkpoint's.
+            attn_implementation: ``sdpa`` (default) or ``eager``.
+
+        Returns:
+            A ready monitor (tokenizer is None when the folder holds no tokenizer files).
+
+        Raises:
+            FileNotFoundError: the folder or its config.json is missing.
+            ValueError: the folder is not an SCM checkpoint, or bad operating-point values.
+        """
+        path = Path(model_path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path}: not a checkpoint folder (no config.json). Train a monitor with `bash scripts/run-scm.sh` "
+                f"(the quick start writes runs/scm-default) and pass its folder."
+            )
+        config = AutoConfig.from_pretrained(path)
+        if getattr(config, "model_type", None) != "scm":
+            raise ValueError(f"{path}: config.json has model_type {getattr(config, 'model_type', None)!r}; the "
+                             f"streaming monitor needs an SCM checkpoint (model_type 'scm', task 'scm' or "
+                             f"'qwen-full'); encoder checkpoints cannot stream")
+        kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
+        if dtype is not None:
+            kwargs["dtype"] = resolve_dtype(dtype)
+        model = SCMModel.from_pretrained(path, **kwargs)
+        model.to(device or default_device())
+        tokenizer = None
+        if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model, tokenizer, theta=theta, k=k, rule=rule, scorer=scorer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def describe(self) -> dict[str, Any]:
+        """The operating point, for reports: theta, rule, scorer."""
+        return {"theta": self.theta, "rule": self.rule.name, "scorer": self.scorer}
+
+    # ----------------------------------------------------------------------------------------------- streams
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The monitor's prompt ids for ``prompt`` (see :func:`encode_prompt`).
+
+        Raises:
+            ValueError: when the monitor has no tokenizer.
+        """
+        if self.tokenizer is None:
+            raise ValueError("this monitor has no tokenizer (the checkpoint folder holds none): pass prompt_ids=")
+        return encode_prompt(self.tokenizer, prompt)
+
+    def start(self, prompt: str | None = None, *, prompt_ids: Sequence[int] | None = None) -> StreamState:
+        """Open one stream: encode the prompt (or take ready ids) and run it through the backbone once.
+
+        Args:
+            prompt: the prompt text (encoded with :meth:`encode_prompt`).
+            prompt_ids: ready prompt ids instead (e.g. ``input_ids[:response_start]`` of processed data).
+
+        Returns:
+            The new stream's state.
+
+        Raises:
+            ValueError: neither or both of prompt/prompt_ids, or an empty prompt. StreamLengthError: the prompt
+            alone exceeds the model's maximum length. InvalidTokenError: an id outside the vocabulary.
+        """
+        if prompt is not None and prompt_ids is not None:
+            raise ValueError("pass either prompt or prompt_ids, not both")
+        if prompt is None and prompt_ids is None:
+            raise ValueError("start() needs a prompt (text) or prompt_ids")
+        if prompt is not None:
+            return self.start_many([prompt])[0]
+        return self.start_many(prompt_ids=[prompt_ids])[0]
+
+    @torch.inference_mode()
+    def start_many(
+        self, prompts: Sequence[str] | None = None, *, prompt_ids: Sequence[Sequence[int]] | None = None
+    ) -> list[StreamState]:
+        """Open several streams with one batched prompt forward (see :meth:`start`)."""
+        if (prompts is None) == (prompt_ids is None):
+            raise ValueError("start_many() needs exactly one of prompts (texts) or prompt_ids")
+        if prompts is not None:
+            if isinstance(prompts, str):
+                raise ValueError("start_many() takes a list of prompts; use start() for one")
+            id_lists = [self.encode_prompt(p) for p in prompts]
+        else:
+            id_lists = [_normalise_ids(ids, -1) for ids in prompt_ids]
+        if not id_lists:
+            return []
+        states = [StreamState(stream_id=next(self._stream_ids), prompt_length=len(ids), _monitor=self)
+                  for ids in id_lists]
+        for state, ids in zip(states, id_lists):
+            if not ids:
+                raise ValueError(f"stream {state.stream_id}: the prompt is empty; a stream needs at least one prompt "
+                                 f"token (the BOS or the encoded prompt)")
+            self._check_ids(state, ids)
+        longest = max(len(ids) for ids in id_lists)
+        slab = KVSlab(self.n_layers, len(states), capacity=longest + CAPACITY_QUANTUM)
+        for row, state in enumerate(states):
+            slab.owners[row] = state
+            state._slab, state._row = slab, row
+        self._forward(slab, id_lists)
+        for state, ids in zip(states, id_lists):
+            state.length = len(ids)
+        return states
+
+    def push(self, state: StreamState, new_ids: Sequence[int]) -> PushResult:
+        """Score new response tokens of one stream (see :meth:`push_many`)."""
+        return self.push_many([state], [new_ids])[0]
+
+    @torch.inference_mode()
+    def push_many(self, states: Sequence[StreamState], new_ids: Sequence[Sequence[int]]) -> list[PushResult]:
+        """Score new response tokens of several streams in one batched forward.
+
+        Args:
+            states: open, not stopped streams of this monitor (each at most once).
+            new_ids: for each stream, its new token ids (list, tuple or 1D tensor; may be empty: a no-op).
+
+        Returns:
+            One :class:`PushResult` per stream, in order.
+
+        Raises:
+            StreamClosedError, StreamStoppedError: pushing a closed or stopped stream.
+            StreamLengthError: a stream would exceed ``config.backbone_config.max_position_embeddings``.
+            InvalidTokenError: an id that is not an integer in ``[0, vocab_size)``.
+            ValueError: mismatched lengths, a stream of another monitor, or one stream twice.
+            Nothing is changed when any of these is raised.
+        """
+        if len(states) != len(new_ids):
+            raise ValueError(f"push_many got {len(states)} states but {len(new_ids)} lists of new ids")
+        id_lists = []
+        seen: set[int] = set()
+        for state, ids in zip(states, new_ids):
+            self._check_pushable(state)
+            if id(state) in seen:
+                raise ValueError(f"stream {state.stream_id} appears twice in one push_many; concatenate its tokens")
+            seen.add(id(state))
+            ids = _normalise_ids(ids, state.stream_id)
+            self._check_ids(state, ids)
+            id_lists.append(ids)
+        active = [i for i, ids in enumerate(id_lists) if ids]
+        results = [self._empty_result(state) for state in states]
+        if not active:
+            return results
+        slab = self._gather([states[i] for i in active])
+        row_ids: list[list[int]] = [[] for _ in range(slab.n_rows)]
+        for i in active:
+            row_ids[states[i]._row] = id_lists[i]
+        token_probs, holistic_probs = self._forward(slab, row_ids)
+        for i in active:
+            results[i] = self._consume(states[i], id_lists[i], token_probs[states[i]._row],
+                                       holistic_probs[states[i]._row])
+        return results
+
+    def close(self, state: StreamState) -> None:
+        """Release a stream's KV cache row. Closing twice is harmless; pushing after close raises."""
+        if state._monitor is not self:
+            raise ValueError(f"stream {state.stream_id} belongs to another monitor")
+        if state.closed:
+            return
+        if state._slab is not None:
+            state._slab.owners[state._row] = None
+        state._slab, state._row, state.closed = None, -1, True
+
+    # ----------------------------------------------------------------------------------------------- internals
+
+    def _check_pushable(self, state: StreamState) -> None:
+        if not isinstance(state, StreamState) or state._monitor is not self:
+            raise ValueError("push needs a StreamState returned by this monitor's start()")
+        if state.closed:
+            raise StreamClosedError(f"stream {state.stream_id} is closed; start a new stream with monitor.start()")
+        if state.stop is not None:
+            raise StreamStoppedError(f"stream {state.stream_id} was already stopped ({state.stop.describe()}); "
+                                     f"stop the generation and close the stream instead of pushing more tokens")
+
+    def _check_ids(self, state: StreamState, ids: list[int]) -> None:
+        for position, token in enumerate(ids):
+            if not 0 <= token < self.vocab_size:
+                raise InvalidTokenError(
+                    f"stream {state.stream_id}: token id {token} at position {position} of the push is outside the "
+                    f"model's vocabulary [0, {self.vocab_size}); ids must come from the monitor's own tokenizer "
+                    f"(use utils.text_guard to monitor text from another tokenizer)")
+        if state.length + len(ids) > self.max_length:
+            raise StreamLengthError(
+                f"stream {state.stream_id}: {len(ids)} more tokens would make it {state.length + len(ids)} tokens "
+                f"long, beyond the model's maximum of {self.max_length} "
+                f"(config.backbone_config.max_position_embeddings); close it, the monitor cannot score further")
+
+    def _empty_result(self, state: StreamState) -> PushResult:
+        return PushResult([], [], [], count=state.rule_state.count, seen=state.rule_state.seen, stop=None)
+
+    def _consume(self, state: StreamState, ids: list[int], token: list[float], holistic: list[float]) -> PushResult:
+        scores = token if self.scorer == "token" else holistic
+        state.length += len(ids)
+        self.rule.update(state.rule_state, [score >= self.theta for score in scores])
+        stop = None
+        if state.rule_state.stop_index is not None:
+            first_new = state.n_response_tokens - len(ids)
+            at = state.rule_state.stop_index - first_new
+            stop = StopEvent(index=state.rule_state.stop_index, token_id=ids[at], score=scores[at],
+                             count=state.rule_state.count, rule=self.rule.name, theta=self.theta,
+                             scorer=self.scorer)
+            state.stop = stop
+        return PushResult(scores=scores, token_scores=token, holistic_scores=holistic,
+                          count=state.rule_state.count, seen=state.rule_state.seen, stop=stop)
+
+    def _gather(self, states: list[StreamState]) -> KVSlab:
+        """A slab that holds all ``states``; moves streams (copying their past) only when the batch changes.
+
+        The slab holding most of the requested streams is reused when at least half of its rows take part (idle
+        rows cost compute, never correctness) and its free rows can take the others; otherwise the requested
+        streams are copied into a fresh slab sized for them.
+        """
+        slabs = {}
+        for state in states:
+            slabs.setdefault(id(state._slab), [state._slab, 0])[1] += 1
+        major, _ = max(slabs.values(), key=lambda entry: entry[1])
+        outsiders = [s for s in states if s._slab is not major]
+        free = major.free_rows()
+        if 2 * len(states) >= major.n_rows and len(outsiders) <= len(free):
+            target, rows = major, free
+            movers = outsiders
+        else:
+            capacity = max(s.length for s in states) + CAPACITY_QUANTUM
+            target, rows = KVSlab(self.n_layers, len(states), capacity), list(range(len(states)))
+            movers = list(states)
+        for state, row in zip(movers, rows):
+            target.copy_row_from(row, state._slab, state._row, state.length)
+            state._slab.owners[state._row] = None
+            target.owners[row] = state
+            state._slab, state._row = target, row
+        return target
+
+    def _forward(self, slab: KVSlab, row_ids: list[list[int]]) -> tuple[list[list[float]], list[list[float]]]:
+        """Plan one batched step over all rows of ``slab`` (``[]`` for idle rows), run it, return per-row scores."""
+        lengths = [owner.length if owner is not None else 0 for owner in slab.owners]
+        width = max(len(ids) for ids in row_ids)
+        slab.ensure_capacity(max(length + len(ids) for length, ids in zip(lengths, row_ids)))
+        scratch = slab.capacity - 1
+        input_ids, positions, columns = [], [], []
+        for length, ids in zip(lengths, row_ids):
+            n = len(ids)
+            input_ids.append(ids + [0] * (width - n))
+            # Padding queries get the positions they would have had (clamped for the rotary table's sake); their
+            # keys go to the scratch column so they never land inside the row's real past.
+            positions.append([min(length + t, self.max_length - 1) for t in range(width)])
+            columns.append([length + t for t in range(n)] + [scratch] * (width - n))
+        kv_length = max(length + len(ids) for length, ids in zip(lengths, row_ids) if ids)
+        device = self.device
+        positions_t = torch.tensor(positions, device=device)
+        plan = StepPlan(write_columns=torch.tensor(columns, device=device), kv_length=kv_length)
+        mask = build_attention_mask(positions_t, kv_length, self.model.backbone.config._attn_implementation,
+                                    self.model.dtype)
+        token, holistic = self._run_step(SlabCache(slab), torch.tensor(input_ids, device=device), positions_t,
+                                         mask, plan)
+        token, holistic = token.cpu().tolist(), holistic.cpu().tolist()
+        return ([row[: len(ids)] for row, ids in zip(token, row_ids)],
+                [row[: len(ids)] for row, ids in zip(holistic, row_ids)])
+
+    def _run_step(
+        self,
+        cache: SlabCache,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        plan: StepPlan,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-step compute: one batched backbone forward of the new tokens over the slab, then both heads.
+
+        This is the method a device-specific fast path (static buffers + CUDA graph) replaces.
+
+        Args:
+            cache: the slab's cache adapter; the forward writes the new keys/values into it.
+            input_ids, position_ids: ``(rows, new)``.
+            attention_mask: ``(rows, 1, new, plan.kv_length)`` from :func:`build_attention_mask`.
+            plan: write columns and attended span of this step.
+
+        Returns:
+            ``(token, holistic)`` harmful probabilities ``(rows, new)`` in fp32 (padding positions included).
+        """
+        cache.plan_step(plan)
+        # The backbone is called directly rather than through SCMModel.forward: that forward also pools the holistic
+        # head at the last real token, which it reads from a 2D mask, and we need both heads at every position.
+        out = self.model.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=True, **{self._cache_kwarg: cache})
+        hidden = out.last_hidden_state
+        token_logits = self.model.token_scorer(hidden)
+        holistic_logits = self.model.holistic_scorer(hidden)
+        return _harmful_probability(token_logits), _harmful_probability(holistic_logits)
