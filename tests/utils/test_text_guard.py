@@ -1,0 +1,240 @@
+"""The text-stream guard (utils/text_guard.py): exact incremental re-tokenisation, hold-back, stop semantics.
+
+The monitor is a tiny random SCM over the SmolLM2 tokenizer's full vocabulary; where a test needs to know which
+token stops the stream, the token head is set to flag every token (zero weights, bias towards "harmful").
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from tokenizers import pre_tokenizers
+from transformers import AutoTokenizer
+
+from model import SCMConfig, SCMModel
+from model.streaming import StreamingMonitor
+from model.streaming_tiny import tiny_llama_config
+from utils.decision_rules import DelayK
+from utils.text_guard import STOP_NOTICE, IncrementalTokenizer, TextStreamGuard, feed_many
+
+TEXTS = [
+    "Sure! It'll cost $1,234.56 — don't  worry.\n\n  Step 2:\tmix 😀 café e\u0301 日本語 x'",
+    "they've WE'RE a'b 'll '\n'ss   trailing   ",
+    "abc123def 4567 3.14159 http://x.y/z?a=b&c=d #tag\r\n\r\n- item",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed threads cost 10x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    from utils.assets import smollm2_path
+
+    return AutoTokenizer.from_pretrained(smollm2_path())
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(qwen_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def scm(smol_tokenizer) -> SCMModel:
+    torch.manual_seed(0)
+    return SCMModel(SCMConfig(backbone_config=tiny_llama_config(smol_tokenizer).to_dict())).eval()
+
+
+@pytest.fixture(scope="module")
+def flag_everything_scm(smol_tokenizer) -> SCMModel:
+    torch.manual_seed(0)
+    model = SCMModel(SCMConfig(backbone_config=tiny_llama_config(smol_tokenizer).to_dict())).eval()
+    with torch.no_grad():
+        model.token_scorer[1].weight.zero_()
+        model.token_scorer[1].bias.copy_(torch.tensor([0.0, 5.0]))
+    return model
+
+
+def _chunks(text: str, rng: random.Random) -> list[str]:
+    out, at = [], 0
+    while at < len(text):
+        size = rng.choice([0, 0, 1, 1, 2, 3, 5, 8])  # zeros: empty chunks
+        out.append(text[at: at + size])
+        at += size
+    return out
+
+
+def _stream(tokenizer, pieces) -> list[int]:
+    incremental = IncrementalTokenizer(tokenizer)
+    ids = []
+    for piece in pieces:
+        ids += [t.token_id for t in incremental.add(piece)]
+    return ids + [t.token_id for t in incremental.flush()]
+
+
+@pytest.mark.parametrize("which", ["smol_tokenizer", "qwen_tokenizer"])
+def test_incremental_tokens_equal_tokenizing_the_full_text(which, request):
+    tokenizer = request.getfixturevalue(which)
+    rng = random.Random(0)
+    for text in TEXTS:
+        full = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert _stream(tokenizer, list(text)) == full  # one character at a time
+        for _ in range(15):
+            assert _stream(tokenizer, _chunks(text, rng)) == full
+
+
+def test_a_word_split_across_chunks_is_held_back_until_it_is_complete(smol_tokenizer):
+    incremental = IncrementalTokenizer(smol_tokenizer)
+    assert incremental.add("Hello wor") == []  # "Hello" and " wor" are both held back
+    committed = incremental.add("ld, friend")
+    assert [t.token_id for t in committed] == smol_tokenizer("Hello world", add_special_tokens=False)["input_ids"]
+    assert (committed[-1].start, committed[-1].end) == (5, 11)
+    assert incremental.committed_chars == 11
+
+
+def test_a_trailing_apostrophe_waits_for_the_contraction(smol_tokenizer):
+    # Holding back only the last pre-token would commit "'" before "ll" arrives; the tokenizer has "'ll" as one token.
+    ids = _stream(smol_tokenizer, ["it", "'", "ll", " be", " fine"])
+    assert ids == smol_tokenizer("it'll be fine", add_special_tokens=False)["input_ids"]
+    assert smol_tokenizer.convert_ids_to_tokens(ids)[1] == "'ll"
+
+
+def test_a_tokenizer_that_adds_a_prefix_space_is_rejected(smol_tokenizer):
+    prefixing = copy.deepcopy(smol_tokenizer)
+    prefixing.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    with pytest.raises(ValueError, match="cannot be re-tokenised incrementally"):
+        IncrementalTokenizer(prefixing)
+
+
+def test_a_slow_tokenizer_is_rejected():
+    class Slow:
+        is_fast = False
+
+    with pytest.raises(ValueError, match="not a fast tokenizer"):
+        IncrementalTokenizer(Slow())
+
+
+def _guard(model, tokenizer, **kwargs) -> TextStreamGuard:
+    monitor = StreamingMonitor(model, tokenizer, **kwargs.pop("monitor", {"rule": DelayK(10**9)}))
+    return TextStreamGuard(monitor, "How do I bake bread?", **kwargs)
+
+
+def test_bytes_split_inside_characters_and_empty_chunks_give_the_full_tokenization(scm, smol_tokenizer):
+    text = TEXTS[0]
+    guard = _guard(scm, smol_tokenizer)
+    data = text.encode("utf-8")
+    monitored, scores, released = [], [], ""
+    for at in range(0, len(data), 3):  # 3-byte chunks split 2- and 4-byte characters
+        for delta in (data[at: at + 3], b"", None):
+            update = guard.feed(delta)
+            monitored += update.token_ids
+            scores += update.scores
+            released += update.released
+    final = guard.finish()
+    monitored += final.token_ids
+    scores += final.scores
+    released += final.released
+    assert monitored == smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert released == text and final.finished and not final.stopped
+    # The guard's scores are the monitor's scores of the full tokenization pushed at once.
+    reference = StreamingMonitor(scm, smol_tokenizer, rule=DelayK(10**9))
+    expected = reference.push(reference.start("How do I bake bread?"), monitored).scores
+    assert max(abs(a - b) for a, b in zip(scores, expected)) <= 1e-5
+
+
+def test_an_incomplete_character_at_the_end_becomes_a_replacement_character(scm, smol_tokenizer):
+    guard = _guard(scm, smol_tokenizer)
+    guard.feed("ok ".encode() + "😀".encode()[:2])
+    assert guard.finish().released == "ok \ufffd"
+
+
+def test_hold_back_never_releases_unscored_text(scm, smol_tokenizer):
+    guard = _guard(scm, smol_tokenizer)
+    scored_end = 0
+    for chunk in _chunks(TEXTS[1] + TEXTS[0], random.Random(1)):
+        update = guard.feed(chunk)
+        if update.token_ids:
+            scored_end = guard.retokenizer.committed_chars
+        assert guard.released_chars <= scored_end
+        assert guard.released_text == guard.text[: guard.released_chars]
+    assert guard.released_chars < len(guard.text)  # the tail waits for finish()
+    guard.finish()
+    assert guard.released_text == TEXTS[1] + TEXTS[0]
+
+
+def test_pass_through_releases_text_on_arrival(scm, smol_tokenizer):
+    guard = _guard(scm, smol_tokenizer, hold_back=False)
+    assert guard.feed("Hello wor").released == "Hello wor"
+    assert guard.feed("").released == ""
+    assert guard.feed("ld").released == "ld"
+    assert guard.finish().released == ""
+
+
+@pytest.mark.parametrize("hold_back", [True, False])
+def test_after_a_stop_the_user_sees_the_text_before_the_stop_token_and_a_notice(flag_everything_scm, smol_tokenizer,
+                                                                                 hold_back):
+    guard = _guard(flag_everything_scm, smol_tokenizer, hold_back=hold_back, monitor={"theta": 0.9, "k": 3})
+    text = "Mix the flour with water and salt, then knead."
+    tokens = smol_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    third_token_start = tokens["offset_mapping"][2][0]  # delay-3 fires on the third monitored token
+    shown, stop = "", None
+    for word in text.split(" "):
+        update = guard.feed(word + " ")
+        shown += update.released
+        if update.stop is not None:
+            stop = update.stop
+            break
+    assert stop is not None and stop.event.index == 2 and stop.event.token_id == tokens["input_ids"][2]
+    assert stop.char_start == third_token_start and stop.token_text == text[third_token_start:tokens["offset_mapping"][2][1]]
+    assert stop.notice == STOP_NOTICE
+    if hold_back:
+        assert shown == text[:third_token_start] and stop.leaked_chars == 0
+    else:
+        # Everything before the stopping delta was released on arrival, ahead of its score: " flour " leaked.
+        assert shown == "Mix the flour " and stop.leaked_chars == len(shown) - third_token_start == 7
+    assert stop.released_chars == len(shown)
+    later = guard.feed("more text")
+    assert later.released == "" and later.stopped and later.stop is None and later.scores == []
+    assert guard.state.closed
+    end = guard.finish()
+    assert end.released == "" and end.finished
+    with pytest.raises(RuntimeError, match="guard is finished"):
+        guard.feed("x")
+
+
+def test_feed_many_scores_like_separate_guards(scm, smol_tokenizer):
+    monitor = StreamingMonitor(scm, smol_tokenizer, rule=DelayK(10**9))
+    guards = [TextStreamGuard(monitor, prompt) for prompt in ("a", "b c", "d")]
+    singles = [TextStreamGuard(StreamingMonitor(scm, smol_tokenizer, rule=DelayK(10**9)), p) for p in ("a", "b c", "d")]
+    together, apart = [[] for _ in guards], [[] for _ in guards]
+    rng = random.Random(2)
+    streams = [_chunks(text, rng) for text in TEXTS]
+    for step in range(max(map(len, streams))):
+        deltas = [s[step] if step < len(s) else "" for s in streams]
+        for i, update in enumerate(feed_many(guards, deltas)):
+            together[i] += update.scores
+        for i, (single, delta) in enumerate(zip(singles, deltas)):
+            apart[i] += single.feed(delta).scores
+    for a, b in zip(together, apart):
+        assert len(a) == len(b) > 10 and max(abs(x - y) for x, y in zip(a, b)) <= 1e-5
+
+
+def test_bad_deltas_raise_clear_errors(scm, smol_tokenizer):
+    guard = _guard(scm, smol_tokenizer)
+    with pytest.raises(TypeError, match="must be str, bytes or None"):
+        guard.feed(42)
+    guard.feed("é".encode()[:1])
+    with pytest.raises(ValueError, match="incomplete"):
+        guard.feed("x")
+    monitor = StreamingMonitor(scm, None)
+    with pytest.raises(ValueError, match="needs a monitor with a tokenizer"):
+        TextStreamGuard(monitor, "hi")
