@@ -1,0 +1,376 @@
+"""Run the streaming monitor on a live generation (or on given prompt/response pairs) and report where it stops.
+
+Generation mode: the generator (default: the embedded SmolLM2-135M-Instruct; ``--generator`` takes any HF causal
+LM folder) answers ``--prompt`` through its chat template, greedily or sampled with ``--seed``. The stream is
+printed as it grows, and only text the monitor has already scored is printed (hold-back). When the monitor and the
+generator share a tokenizer, the generated ids go straight into the monitor through a ``StoppingCriteria`` (one
+incremental monitor step per generated token, the generation stops at the monitor's stop token); otherwise the
+generated text is re-tokenised by the text guard (``utils/text_guard.py``) and the generation is halted when the
+guard stops. File mode (``--input FILE.jsonl``, one ``{"prompt": ..., "response": ...}`` per line) streams each
+response through the text guard in chunks. Either way the report says where and why the stream stopped: response
+token index, token, score, running count and the rule.
+
+Commands::
+
+    bash scripts/run-stream.sh --model-path runs/scm-default --prompt "How do I pick a lock?"
+    python -m test.stream_monitor --model-path runs/scm-default --prompt "How do I pick a lock?" --theta 0.7 --k 3
+    python -m test.stream_monitor --model-path CKPT --prompt "..." --do-sample --seed 7 --max-new-tokens 200
+    python -m test.stream_monitor --model-path CKPT --prompt "..." --generator /path/to/other-causal-lm
+    python -m test.stream_monitor --model-path CKPT --input pairs.jsonl --rule consecutive-n --k 2 \
+        --output-file runs/stream/pairs-results.json
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList,
+                          TextIteratorStreamer)
+
+from model.streaming import PushResult, StreamingMonitor, resolve_dtype
+from model.streaming_generate import MonitorStoppingCriteria
+from utils.cli import parse_dataclasses
+from utils.io_utils import DataFormatError, read_jsonl, write_json
+from utils.text_guard import STOP_NOTICE, TextStreamGuard
+
+SCRIPT = "python -m test.stream_monitor"
+
+
+@dataclass
+class StreamMonitorArguments:
+    """Flags of ``python -m test.stream_monitor``."""
+
+    model_path: str | None = field(default=None, metadata={
+        "help": "SCM checkpoint folder (train one with `bash scripts/run-scm.sh`; the quick start writes "
+                "runs/scm-default)."})
+    prompt: str | None = field(default=None, metadata={"help": "Prompt to generate a monitored answer for."})
+    input: str | None = field(default=None, metadata={
+        "help": "JSONL of {\"prompt\", \"response\"} pairs to monitor instead of generating."})
+    generator: str | None = field(default=None, metadata={
+        "help": "HF causal LM folder to generate with (default: the embedded SmolLM2-135M-Instruct)."})
+    theta: float | None = field(default=None, metadata={"help": "Flagging threshold (default: the checkpoint's)."})
+    k: int | None = field(default=None, metadata={
+        "help": "k of delay-k (default: the checkpoint's delay_k) or n of consecutive-n (default 2)."})
+    rule: str = field(default="delay-k", metadata={"help": "Decision rule.", "choices": ["delay-k", "consecutive-n"]})
+    scorer: str | None = field(default=None, metadata={
+        "help": "token or holistic (default: the checkpoint's).", "choices": ["token", "holistic"]})
+    max_new_tokens: int = field(default=256, metadata={"help": "Generation length limit."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do-sample)."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (with --do-sample)."})
+    seed: int = field(default=42, metadata={"help": "Seed for sampling and for --input chunk sizes."})
+    hold_back: bool = field(default=True, metadata={
+        "help": "Text-guard path: release only scored text (default). --no-hold-back releases text on arrival."})
+    chunk_chars: int = field(default=0, metadata={
+        "help": "--input: characters per streamed chunk; 0 = random chunks of 1-8 characters."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1."})
+    dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16, float16 (default: the checkpoint's)."})
+    output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
+    quiet: bool = field(default=False, metadata={"help": "Print only the report, not the stream."})
+
+
+def check_args(args: StreamMonitorArguments) -> None:
+    """Validate the flags.
+
+    Raises:
+        ValueError: naming the flag and what to pass.
+    """
+    if not args.model_path:
+        raise ValueError("--model-path is required: an SCM checkpoint folder (train one with "
+                         "`bash scripts/run-scm.sh`; the quick start writes runs/scm-default)")
+    if (args.prompt is None) == (args.input is None):
+        raise ValueError("pass exactly one of --prompt TEXT (generate and monitor) or --input FILE.jsonl "
+                         "(monitor given prompt/response pairs)")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.chunk_chars < 0:
+        raise ValueError(f"--chunk-chars must be >= 0 (0 = random chunk sizes), got {args.chunk_chars}")
+    if args.do_sample and not (args.temperature > 0 and 0 < args.top_p <= 1):
+        raise ValueError("--temperature must be > 0 and --top-p in (0, 1] when sampling")
+    if args.input is not None and not Path(args.input).is_file():
+        raise ValueError(f"--input {args.input}: file not found")
+
+
+def _device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def same_tokenizer(first, second) -> bool:
+    """Whether two tokenizers map text to the same ids (same vocabulary and added tokens)."""
+    return first.get_vocab() == second.get_vocab()
+
+
+def chat_inputs(tokenizer, prompt: str, device: str) -> dict[str, torch.Tensor]:
+    """The generator's input for ``prompt``: its chat template with a generation prompt, else the raw text."""
+    if getattr(tokenizer, "chat_template", None):
+        encoded = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True)
+    else:
+        encoded = tokenizer(prompt, return_tensors="pt")
+    return {name: tensor.to(device) for name, tensor in encoded.items()}
+
+
+class _IncrementalPrinter:
+    """Print token ids as text as they are approved, holding back an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer, out: TextIO, enabled: bool) -> None:
+        self.tokenizer, self.out, self.enabled = tokenizer, out, enabled
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def add(self, ids: list[int], final: bool = False) -> None:
+        self.ids += ids
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):
+            return
+        if self.enabled and text.startswith(self.shown):
+            self.out.write(text[len(self.shown):])
+            self.out.flush()
+        self.shown = text
+
+
+def _stop_record(stop, token_text: str, char_start: int | None = None) -> dict[str, Any]:
+    record = {"index": stop.index, "token_id": stop.token_id, "token_text": token_text, "score": stop.score,
+              "count": stop.count, "rule": stop.rule, "theta": stop.theta, "scorer": stop.scorer}
+    if char_start is not None:
+        record["char_start"] = char_start
+    return record
+
+
+def _max_score(results: list[PushResult]) -> float | None:
+    scores = [s for r in results for s in r.scores]
+    return max(scores) if scores else None
+
+
+def generate_with_criteria(monitor, generator, tokenizer, args, out: TextIO) -> dict[str, Any]:
+    """Shared tokenizer: push generated ids through :class:`MonitorStoppingCriteria`; print approved tokens."""
+    device = str(generator.device)
+    inputs = chat_inputs(tokenizer, args.prompt, device)
+    state = monitor.start(args.prompt)
+    printer = _IncrementalPrinter(tokenizer, out, not args.quiet)
+
+    def show(row: int, ids: list[int], result: PushResult) -> None:
+        if result.stopped:
+            # Show the tokens scored before the stop token, never the stop token itself.
+            ids = ids[: result.stop.index - (state.n_response_tokens - len(ids))]
+        printer.add(ids)
+
+    eos = generator.generation_config.eos_token_id
+    criteria = MonitorStoppingCriteria(monitor, [state], prompt_length=inputs["input_ids"].shape[1],
+                                       eos_token_id=eos, on_scored=show)
+    output = generator.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                                temperature=args.temperature if args.do_sample else None,
+                                top_p=args.top_p if args.do_sample else None,
+                                stopping_criteria=StoppingCriteriaList([criteria]),
+                                pad_token_id=generator.generation_config.pad_token_id or tokenizer.pad_token_id)
+    printer.add([], final=True)
+    generated = output[0, inputs["input_ids"].shape[1]:].tolist()
+    stop = criteria.stops[0]
+    eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+    ended_by = "monitor" if stop else ("eos" if any(t in eos_ids for t in generated) else "max_new_tokens")
+    monitor.close(state)
+    return {"prompt": args.prompt, "path": "stopping-criteria", "shown_text": printer.shown,
+            "generated_tokens": len(generated), "response_tokens_scored": state.n_response_tokens,
+            "stopped": stop is not None, "ended_by": ended_by,
+            "stop": _stop_record(stop, tokenizer.decode([stop.token_id])) if stop else None,
+            "max_score": _max_score(criteria.results[0]), "count": state.rule_state.count}
+
+
+class _HaltFlag(StoppingCriteria):
+    """Lets the guard (another thread) halt ``generate`` at its next step."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def generate_with_guard(monitor, generator, tokenizer, args, out: TextIO) -> dict[str, Any]:
+    """Different tokenizers: generate in a thread, re-tokenise its text deltas with the guard, halt on a stop."""
+    device = str(generator.device)
+    inputs = chat_inputs(tokenizer, args.prompt, device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    halt = _HaltFlag()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["output"] = generator.generate(
+                **inputs, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                temperature=args.temperature if args.do_sample else None,
+                top_p=args.top_p if args.do_sample else None, streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([halt]),
+                pad_token_id=generator.generation_config.pad_token_id or tokenizer.pad_token_id)
+        except BaseException as err:  # re-raised in the main thread
+            outcome["error"] = err
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    guard = TextStreamGuard(monitor, args.prompt, hold_back=args.hold_back)
+    shown, scores = [], []
+    stop = None
+    for delta in streamer:
+        if stop is not None:
+            continue  # drain what the generator produced before it saw the halt flag
+        update = guard.feed(delta)
+        shown.append(update.released)
+        scores += update.scores
+        if not args.quiet:
+            out.write(update.released)
+            out.flush()
+        if update.stop is not None:
+            stop = update.stop
+            halt.event.set()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    if stop is None:
+        update = guard.finish()
+        shown.append(update.released)
+        scores += update.scores
+        stop = update.stop
+        if not args.quiet:
+            out.write(update.released)
+    generated = outcome["output"][0, inputs["input_ids"].shape[1]:].tolist()
+    eos = generator.generation_config.eos_token_id
+    eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+    ended_by = "monitor" if stop else ("eos" if any(t in eos_ids for t in generated) else "max_new_tokens")
+    return {"prompt": args.prompt, "path": "text-guard", "shown_text": "".join(shown),
+            "generated_tokens": len(generated), "response_tokens_scored": guard.state.n_response_tokens,
+            "stopped": stop is not None, "ended_by": ended_by,
+            "stop": _stop_record(stop.event, stop.token_text, stop.char_start) if stop else None,
+            "max_score": max(scores) if scores else None, "count": guard.state.rule_state.count}
+
+
+def read_pairs(path: str) -> list[dict[str, str]]:
+    """Read ``{"prompt", "response"}`` records.
+
+    Raises:
+        DataFormatError: naming the file, the line and the field.
+    """
+    records = read_jsonl(path)
+    if not records:
+        raise DataFormatError(f"{path}: no records; write one JSON object per line with 'prompt' and 'response'")
+    for line, record in enumerate(records, start=1):
+        for name in ("prompt", "response"):
+            if not isinstance(record.get(name), str):
+                raise DataFormatError(f"{path}, record {line}: field {name!r} is missing or not a string; each line "
+                                      f"needs {{\"prompt\": \"...\", \"response\": \"...\"}}")
+    return records
+
+
+def chunk_text(text: str, chunk_chars: int, rng: random.Random) -> list[str]:
+    """Cut ``text`` into fixed-size chunks, or random 1-8 character chunks when ``chunk_chars`` is 0."""
+    chunks, at = [], 0
+    while at < len(text):
+        size = chunk_chars or rng.randint(1, 8)
+        chunks.append(text[at: at + size])
+        at += size
+    return chunks
+
+
+def monitor_pairs(monitor, args, out: TextIO) -> list[dict[str, Any]]:
+    """File mode: stream every response through a text guard, chunk by chunk."""
+    rng = random.Random(args.seed)
+    results = []
+    for number, record in enumerate(read_pairs(args.input), start=1):
+        guard = TextStreamGuard(monitor, record["prompt"], hold_back=args.hold_back)
+        if not args.quiet:
+            out.write(f"\n[record {number}] ")
+        scores, stop = [], None
+        for chunk in chunk_text(record["response"], args.chunk_chars, rng):
+            update = guard.feed(chunk)
+            scores += update.scores
+            if not args.quiet:
+                out.write(update.released)
+            if update.stop is not None:
+                stop = update.stop
+                break
+        if stop is None:
+            update = guard.finish()
+            scores += update.scores
+            stop = update.stop
+            if not args.quiet:
+                out.write(update.released)
+        else:
+            guard.close()
+        if stop is not None and not args.quiet:
+            out.write(f" {stop.notice}")
+        results.append({"record": number, "prompt": record["prompt"], "path": "text-guard",
+                        "shown_text": guard.released_text, "response_tokens_scored": guard.state.n_response_tokens,
+                        "stopped": stop is not None, "ended_by": "monitor" if stop else "end of response",
+                        "stop": _stop_record(stop.event, stop.token_text, stop.char_start) if stop else None,
+                        "max_score": max(scores) if scores else None, "count": guard.state.rule_state.count})
+    return results
+
+
+def describe_result(result: dict[str, Any], monitor: StreamingMonitor) -> str:
+    """The one-line report of a stream: where and why it stopped, or why it ended."""
+    stop = result["stop"]
+    if stop is not None:
+        return (f"STOPPED at response token {stop['index']} ({stop['token_text']!r}, id {stop['token_id']}): "
+                f"{stop['scorer']} score {stop['score']:.4f} >= theta {stop['theta']}; {stop['rule']} count "
+                f"reached {stop['count']}")
+    peak = "n/a" if result["max_score"] is None else f"{result['max_score']:.4f}"
+    return (f"not stopped ({result['ended_by']}): {result['response_tokens_scored']} response tokens scored, "
+            f"max {monitor.scorer} score {peak}, {monitor.rule.name} count {result['count']} (theta {monitor.theta})")
+
+
+def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, Any]:
+    """Run the monitor as the flags say; returns (and optionally writes) the results.
+
+    Raises:
+        ValueError: bad flags. FileNotFoundError: a missing checkpoint. DataFormatError: a bad --input file.
+    """
+    check_args(args)
+    device = _device(args.device)
+    monitor = StreamingMonitor.from_pretrained(args.model_path, theta=args.theta, k=args.k, rule=args.rule,
+                                               scorer=args.scorer, device=device, dtype=args.dtype)
+    if monitor.tokenizer is None:
+        raise ValueError(f"{args.model_path} holds no tokenizer files; save the tokenizer into the checkpoint")
+    report: dict[str, Any] = {"model_path": args.model_path, "operating_point": monitor.describe(),
+                              "arguments": asdict(args)}
+    if args.input is not None:
+        results = monitor_pairs(monitor, args, out)
+    else:
+        from utils.assets import smollm2_path
+
+        generator_path = args.generator or str(smollm2_path())
+        torch.manual_seed(args.seed)
+        tokenizer = AutoTokenizer.from_pretrained(generator_path)
+        generator = AutoModelForCausalLM.from_pretrained(generator_path, dtype=resolve_dtype(args.dtype))
+        generator.to(device).eval()
+        report["generator"] = generator_path
+        if not args.quiet:
+            out.write(f"[prompt] {args.prompt}\n[response] ")
+        if same_tokenizer(tokenizer, monitor.tokenizer):
+            results = [generate_with_criteria(monitor, generator, tokenizer, args, out)]
+        else:
+            results = [generate_with_guard(monitor, generator, tokenizer, args, out)]
+        if results[0]["stopped"] and not args.quiet:
+            out.write(f" {STOP_NOTICE}")
+    out.write("\n\n")
+    for result in results:
+        prefix = f"[record {result['record']}] " if "record" in result else ""
+        out.write(f"{prefix}{describe_result(result, monitor)}\n")
+    report["results"] = results
+    if args.output_file:
+        write_json(args.output_file, report)
+    return report
+
+
+if __name__ == "__main__":
+    (parsed,) = parse_dataclasses((StreamMonitorArguments,), prog=SCRIPT)
+    try:
+        main(parsed)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{SCRIPT}: error: {err}", file=sys.stderr)
+        sys.exit(2)
