@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -221,23 +222,29 @@ def score_offline(model: SCMModel, input_ids: torch.Tensor) -> tuple[torch.Tenso
     return _harmful_probability(out.token_logits), _harmful_probability(model.holistic_scorer(out.last_hidden_state))
 
 
-def _normalise_ids(new_ids: Any, stream_id: int) -> list[int]:
+def _normalise_ids(new_ids: Any, label: str) -> list[int]:
+    """Token ids as a list of Python ints (from a list, tuple, 1D tensor or array); ``label`` names the stream."""
     if isinstance(new_ids, torch.Tensor):
         if new_ids.dim() > 1:
-            raise InvalidTokenError(f"stream {stream_id}: expected a 1D tensor of token ids, got shape "
-                                    f"{tuple(new_ids.shape)}")
+            raise InvalidTokenError(f"{label}: expected a 1D tensor of token ids, got shape {tuple(new_ids.shape)}")
         if new_ids.is_floating_point() or new_ids.dtype == torch.bool:
-            raise InvalidTokenError(f"stream {stream_id}: token ids must be integers, got a {new_ids.dtype} tensor")
+            raise InvalidTokenError(f"{label}: token ids must be integers, got a {new_ids.dtype} tensor")
         return new_ids.reshape(-1).tolist()
-    if isinstance(new_ids, (str, bytes)) or not isinstance(new_ids, Sequence) and not hasattr(new_ids, "tolist"):
-        raise InvalidTokenError(f"stream {stream_id}: expected a sequence of token ids, got {type(new_ids).__name__}"
-                                f" (wrap a single id in a list; text goes through utils.text_guard)")
+    if isinstance(new_ids, (str, bytes)) or (not isinstance(new_ids, Sequence) and not hasattr(new_ids, "tolist")):
+        raise InvalidTokenError(f"{label}: expected a sequence of token ids, got {type(new_ids).__name__} (wrap a "
+                                f"single id in a list; text goes through utils.text_guard)")
     ids = new_ids.tolist() if hasattr(new_ids, "tolist") else list(new_ids)
+    normalised = []
     for position, token in enumerate(ids):
-        if isinstance(token, bool) or not isinstance(token, int):
-            raise InvalidTokenError(f"stream {stream_id}: token at position {position} of the push is "
-                                    f"{token!r} ({type(token).__name__}), not an integer id")
-    return ids
+        # operator.index accepts every integer type (numpy ints included) and rejects floats and strings.
+        try:
+            if isinstance(token, bool):
+                raise TypeError
+            normalised.append(operator.index(token))
+        except TypeError:
+            raise InvalidTokenError(f"{label}: token at position {position} of the push is {token!r} "
+                                    f"({type(token).__name__}), not an integer id") from None
+    return normalised
 
 
 class StreamingMonitor:
@@ -403,7 +410,7 @@ class StreamingMonitor:
                 raise ValueError("start_many() takes a list of prompts; use start() for one")
             id_lists = [self.encode_prompt(p) for p in prompts]
         else:
-            id_lists = [_normalise_ids(ids, -1) for ids in prompt_ids]
+            id_lists = [_normalise_ids(ids, f"prompt {i}") for i, ids in enumerate(prompt_ids)]
         if not id_lists:
             return []
         states = [StreamState(stream_id=next(self._stream_ids), prompt_length=len(ids), _monitor=self)
@@ -454,7 +461,7 @@ class StreamingMonitor:
             if id(state) in seen:
                 raise ValueError(f"stream {state.stream_id} appears twice in one push_many; concatenate its tokens")
             seen.add(id(state))
-            ids = _normalise_ids(ids, state.stream_id)
+            ids = _normalise_ids(ids, f"stream {state.stream_id}")
             self._check_ids(state, ids)
             id_lists.append(ids)
         active = [i for i, ids in enumerate(id_lists) if ids]

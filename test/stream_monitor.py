@@ -135,6 +135,11 @@ class _IncrementalPrinter:
         self.shown = text
 
 
+def _pad_id(generator, tokenizer) -> int | None:
+    pad = generator.generation_config.pad_token_id
+    return tokenizer.pad_token_id if pad is None else pad
+
+
 def _stop_record(stop, token_text: str, char_start: int | None = None) -> dict[str, Any]:
     record = {"index": stop.index, "token_id": stop.token_id, "token_text": token_text, "score": stop.score,
               "count": stop.count, "rule": stop.rule, "theta": stop.theta, "scorer": stop.scorer}
@@ -168,7 +173,7 @@ def generate_with_criteria(monitor, generator, tokenizer, args, out: TextIO) -> 
                                 temperature=args.temperature if args.do_sample else None,
                                 top_p=args.top_p if args.do_sample else None,
                                 stopping_criteria=StoppingCriteriaList([criteria]),
-                                pad_token_id=generator.generation_config.pad_token_id or tokenizer.pad_token_id)
+                                pad_token_id=_pad_id(generator, tokenizer))
     printer.add([], final=True)
     generated = output[0, inputs["input_ids"].shape[1]:].tolist()
     stop = criteria.stops[0]
@@ -207,7 +212,7 @@ def generate_with_guard(monitor, generator, tokenizer, args, out: TextIO) -> dic
                 temperature=args.temperature if args.do_sample else None,
                 top_p=args.top_p if args.do_sample else None, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([halt]),
-                pad_token_id=generator.generation_config.pad_token_id or tokenizer.pad_token_id)
+                pad_token_id=_pad_id(generator, tokenizer))
         except BaseException as err:  # re-raised in the main thread
             outcome["error"] = err
             streamer.end()
@@ -217,19 +222,28 @@ def generate_with_guard(monitor, generator, tokenizer, args, out: TextIO) -> dic
     guard = TextStreamGuard(monitor, args.prompt, hold_back=args.hold_back)
     shown, scores = [], []
     stop = None
-    for delta in streamer:
-        if stop is not None:
-            continue  # drain what the generator produced before it saw the halt flag
-        update = guard.feed(delta)
-        shown.append(update.released)
-        scores += update.scores
-        if not args.quiet:
-            out.write(update.released)
-            out.flush()
-        if update.stop is not None:
-            stop = update.stop
+    exhausted = False
+    try:
+        for delta in streamer:
+            update = guard.feed(delta)
+            shown.append(update.released)
+            scores += update.scores
+            if not args.quiet:
+                out.write(update.released)
+                out.flush()
+            if update.stop is not None:
+                stop = update.stop
+                break
+        else:
+            exhausted = True
+    finally:
+        if not exhausted:
+            # Stopped (or failed): halt the generator and drain what it produced before it saw the flag, so the
+            # thread can finish. An exhausted streamer must not be iterated again: it would block.
             halt.event.set()
-    thread.join()
+            for _ in streamer:
+                pass
+        thread.join()
     if "error" in outcome:
         raise outcome["error"]
     if stop is None:

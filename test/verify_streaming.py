@@ -71,7 +71,8 @@ class VerifyArguments:
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
     output_dir: str | None = field(default=None, metadata={
         "help": "Write <output-dir>/streaming-verification-<split>.json."})
-    output_file: str | None = field(default=None, metadata={"help": "Write the JSON report here instead."})
+    output_file: str | None = field(default=None, metadata={
+        "help": "Write the JSON report (all splits) here instead of into --output-dir."})
     batch_size: int | None = field(default=None, metadata={"help": "Accepted from scripts/run-scm.sh; not used."})
     thresholds: str | None = field(default=None, metadata={"help": "Accepted from scripts/run-scm.sh; not used."})
     max_k: int | None = field(default=None, metadata={"help": "Accepted from scripts/run-scm.sh; not used."})
@@ -222,12 +223,12 @@ def main(args: VerifyArguments) -> dict[str, Any]:
                      "transformers": transformers.__version__},
         "arguments": asdict(args),
     }
-    for split_report in reports:
-        target = args.output_file if args.output_file and len(reports) == 1 else None
-        if target is None and args.output_dir:
-            target = Path(args.output_dir) / f"streaming-verification-{split_report['split']}.json"
-        if target is not None:
-            write_json(target, {**report, "splits": [split_report], "passed": split_report["passed"]})
+    if args.output_file:
+        write_json(args.output_file, report)
+    elif args.output_dir:
+        for split_report in reports:
+            write_json(Path(args.output_dir) / f"streaming-verification-{split_report['split']}.json",
+                       {**report, "splits": [split_report], "passed": split_report["passed"]})
     return report
 
 

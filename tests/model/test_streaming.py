@@ -260,6 +260,15 @@ def test_bad_token_ids_raise(tiny_model, bad, match):
     assert state.length == 1
 
 
+def test_ids_may_come_as_tensors_arrays_or_numpy_integers(tiny_model):
+    import numpy as np
+
+    monitor = _never_stopping(tiny_model)
+    states = monitor.start_many(prompt_ids=[[1, 2], torch.tensor([1, 2]), np.array([1, 2])])
+    results = monitor.push_many(states, [[7, 8], torch.tensor([7, 8]), [np.int64(7), np.int32(8)]])
+    assert results[0].scores == results[1].scores == results[2].scores and len(results[0].scores) == 2
+
+
 def test_empty_pushes_are_no_ops(tiny_model, monkeypatch):
     monitor = _never_stopping(tiny_model)
     state = monitor.start(prompt_ids=[1, 2, 3])
