@@ -3,8 +3,9 @@
 transformers calls a ``StoppingCriteria`` after every decoding step with the whole ``input_ids``; this one pushes
 only the ids generated since its previous call into the monitor (so each step costs the monitor one incremental
 forward), and marks a row done when the monitor stops it. Rows stop independently: generate keeps decoding the
-other rows and pads the stopped ones (so the generation config needs a ``pad_token_id``). Text printed from the ``on_scored`` callback has always been scored already,
-so a caller that shows tokens from there never shows unscored text.
+other rows and pads the stopped ones (so the generation config needs a ``pad_token_id``). Text printed from the
+``on_scored`` callback has always been scored already, so a caller that shows tokens from there never shows
+unscored text.
 
 Example::
 
@@ -73,7 +74,9 @@ class MonitorStoppingCriteria(StoppingCriteria):
         self.stops: list[StopEvent | None] = [None] * len(self.states)
         self.results: list[list[PushResult]] = [[] for _ in self.states]
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs
+    ) -> torch.BoolTensor:
         """Push the tokens generated since the last call; return which rows the monitor stopped.
 
         Raises:

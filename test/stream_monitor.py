@@ -70,7 +70,8 @@ class StreamMonitorArguments:
     chunk_chars: int = field(default=0, metadata={
         "help": "--input: characters per streamed chunk; 0 = random chunks of 1-8 characters."})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1."})
-    dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16, float16 (default: the checkpoint's)."})
+    dtype: str | None = field(default=None, metadata={
+        "help": "float32, bfloat16, float16 (default: the checkpoint's)."})
     output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
     quiet: bool = field(default=False, metadata={"help": "Print only the report, not the stream."})
 

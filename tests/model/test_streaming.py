@@ -247,7 +247,7 @@ def test_exceeding_the_maximum_length_raises_and_changes_nothing(tiny_model):
         monitor.start(prompt_ids=[1] * 513)
 
 
-@pytest.mark.parametrize("bad, match", [([5, TINY_VOCAB], "token id 512 at position 1 .* outside the model's vocabulary"),
+@pytest.mark.parametrize("bad, match", [([5, TINY_VOCAB], "token id 512 at position 1 .* outside the model's vocab"),
                                         ([-1], "token id -1 at position 0"),
                                         ([1.5], "position 0 .* not an integer"),
                                         ("abc", "expected a sequence of token ids"),

@@ -194,7 +194,8 @@ def test_after_a_stop_the_user_sees_the_text_before_the_stop_token_and_a_notice(
             stop = update.stop
             break
     assert stop is not None and stop.event.index == 2 and stop.event.token_id == tokens["input_ids"][2]
-    assert stop.char_start == third_token_start and stop.token_text == text[third_token_start:tokens["offset_mapping"][2][1]]
+    third_token_end = tokens["offset_mapping"][2][1]
+    assert stop.char_start == third_token_start and stop.token_text == text[third_token_start:third_token_end]
     assert stop.notice == STOP_NOTICE
     if hold_back:
         assert shown == text[:third_token_start] and stop.leaked_chars == 0
