@@ -105,8 +105,12 @@ def _cache_kwarg(backbone_class: type) -> str:
 
 def backbone_cache_output(output: Any) -> Any:
     """The KV cache held by a backbone output, whichever name this transformers version gives it."""
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
+    # Look up keys rather than attributes: reading the deprecated name prints a warning on newer versions.
+    keys = output.keys() if hasattr(output, "keys") else ()
+    for name in ("cache", "past_key_values"):
+        if name in keys:
+            return output[name]
+    return None
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -142,6 +146,9 @@ class SCMModel(PreTrainedModel):
     supports_report_metrics = True
 
     def __init__(self, config: SCMConfig, backbone: PreTrainedModel | None = None) -> None:
+        # PreTrainedModel.__init__ resets the sub-config's attention implementation; keep the one the backbone was
+        # loaded with (else transformers falls back to eager attention with a warning).
+        requested = getattr(config.backbone_config, "_attn_implementation", None)
         super().__init__(config)
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         hidden = config.backbone_config.hidden_size
@@ -149,6 +156,8 @@ class SCMModel(PreTrainedModel):
         self.holistic_scorer = nn.Linear(hidden, 2, bias=False)
         self.logic_loss_fn = LogicConsistencyLoss(2, reduce=config.logic_reduce, reduction="mean")
         self.post_init()
+        if self.backbone.config._attn_implementation is None:
+            self.backbone.config._attn_implementation = requested or config._attn_implementation or "sdpa"
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only the heads are ours; the backbone's modules are dispatched to its own _init_weights by HF.
@@ -234,7 +243,7 @@ class SCMModel(PreTrainedModel):
         )
         hidden = out.last_hidden_state
         token_logits = self.token_scorer(hidden)
-        if attention_mask is not None and attention_mask.shape[-1] == hidden.shape[1]:
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[-1] == hidden.shape[1]:
             last = last_token_index(attention_mask)
         else:
             last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device, dtype=torch.long)
