@@ -87,7 +87,10 @@ class EncoderForSequenceClassification(PreTrainedModel):
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         encoder = AutoModel.from_pretrained(encoder_path, **kwargs)
+        # Building the composite config resets the (shared) encoder config's attention implementation.
+        attn = encoder.config._attn_implementation
         model = cls(EncoderClassifierConfig(encoder_config=encoder.config), encoder=encoder)
+        model.encoder.config._attn_implementation = attn
         model.classifier.to(encoder.dtype)
         return model
 

@@ -148,7 +148,8 @@ class SCMModel(PreTrainedModel):
     def __init__(self, config: SCMConfig, backbone: PreTrainedModel | None = None) -> None:
         # PreTrainedModel.__init__ resets the sub-config's attention implementation; keep the one the backbone was
         # loaded with (else transformers falls back to eager attention with a warning).
-        requested = getattr(config.backbone_config, "_attn_implementation", None)
+        source = backbone.config if backbone is not None else config.backbone_config
+        requested = getattr(source, "_attn_implementation", None)
         super().__init__(config)
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         hidden = config.backbone_config.hidden_size
@@ -156,8 +157,10 @@ class SCMModel(PreTrainedModel):
         self.holistic_scorer = nn.Linear(hidden, 2, bias=False)
         self.logic_loss_fn = LogicConsistencyLoss(2, reduce=config.logic_reduce, reduction="mean")
         self.post_init()
-        if self.backbone.config._attn_implementation is None:
-            self.backbone.config._attn_implementation = requested or config._attn_implementation or "sdpa"
+        if requested is not None:
+            self.backbone.config._attn_implementation = requested
+        elif self.backbone.config._attn_implementation is None:
+            self.backbone.config._attn_implementation = config._attn_implementation or "sdpa"
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only the heads are ours; the backbone's modules are dispatched to its own _init_weights by HF.
@@ -191,8 +194,11 @@ class SCMModel(PreTrainedModel):
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         backbone = AutoModel.from_pretrained(backbone_path, **kwargs)
+        # Building the composite config resets the (shared) backbone config's attention implementation.
+        attn = backbone.config._attn_implementation
         config = SCMConfig(backbone_config=backbone.config, **config_kwargs)
         model = cls(config, backbone=backbone)
+        model.backbone.config._attn_implementation = attn
         # The heads are created in fp32 by __init__; match the backbone.
         model.token_scorer.to(backbone.dtype)
         model.holistic_scorer.to(backbone.dtype)

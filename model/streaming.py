@@ -25,9 +25,10 @@ Design notes:
   capacity): per-token work is the attention over the row's own past and nothing else; the past is never copied
   on a step. Streams are moved between slabs (a copy of their past) only when the set of streams pushed together
   changes; a slab is reused as long as at least half of its rows take part in the push.
-- The per-step compute is the single method :meth:`StreamingMonitor._run_step`; a CUDA fast path (static buffers
-  and a captured graph) replaces that method and keeps the rest. Nothing here assumes a device or a dtype; scores
-  are returned in fp32.
+- The per-step compute is the single method :meth:`StreamingMonitor._run_step`; the CUDA fast path
+  (``model/streaming_cuda.py``: a static step over the same slab, captured in CUDA graphs) takes the one-token
+  steps instead when ``fast_path`` selects it (``auto``: on CUDA for supported backbones) and keeps the rest.
+  Nothing here assumes a device or a dtype; scores are returned in fp32.
 - Misuse raises a :class:`StreamingError` subclass with a message that says what to do; a push that raises changes
   no stream.
 """
@@ -46,6 +47,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from model.modeling_qwen4dual_2CE_w_logic import SCMModel
 from model.streaming_cache import CAPACITY_QUANTUM, KVSlab, SlabCache, StepPlan, build_attention_mask
+from model.streaming_cuda import FastStep, make_fast_step
 from utils.decision_rules import DecisionRule, RuleState, make_rule
 
 SCORERS = ("token", "holistic")
@@ -260,9 +262,13 @@ class StreamingMonitor:
         scorer: ``token`` (the token head) or ``holistic`` (the holistic head at every position); default
             ``model.config.scorer``.
         attn_implementation: when given, switch the backbone to it (``sdpa`` or ``eager``).
+        fast_path: ``auto`` (CUDA graphs for one-token steps when the model is on CUDA and its backbone is
+            supported, else the eager runtime), ``off``, ``static`` or ``cuda-graph`` (forced; see
+            ``model/streaming_cuda.py``), or a ready ``FastStep``. Decide it after moving the model to its device.
 
     Raises:
-        ValueError: bad theta, k, rule or scorer; a backbone with sliding-window or other non-full attention layers.
+        ValueError: bad theta, k, rule or scorer; a backbone with sliding-window or other non-full attention layers;
+            a forced fast path that cannot run here.
     """
 
     def __init__(
@@ -275,6 +281,7 @@ class StreamingMonitor:
         rule: str | DecisionRule = "delay-k",
         scorer: str | None = None,
         attn_implementation: str | None = None,
+        fast_path: str | FastStep = "auto",
     ) -> None:
         config = model.config
         self.model = model.eval()
@@ -303,6 +310,7 @@ class StreamingMonitor:
         self.n_layers = int(backbone_config.num_hidden_layers)
         self._stream_ids = itertools.count()
         self._cache_kwarg = cache_argument_name(type(model.backbone))
+        self._fast_step = make_fast_step(self.model, fast_path)
 
     # ----------------------------------------------------------------------------------------------- loading
 
@@ -318,6 +326,7 @@ class StreamingMonitor:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         attn_implementation: str = "sdpa",
+        fast_path: str = "auto",
     ) -> "StreamingMonitor":
         """Load a monitor from an SCM checkpoint folder (weights, config with theta/k/scorer, tokenizer).
 
@@ -327,6 +336,7 @@ class StreamingMonitor:
             device: e.g. ``cpu``, ``cuda``, ``cuda:1``; default cuda when available.
             dtype: weights/compute dtype (``float32``, ``bfloat16``, ...); default: the checkpoint's.
             attn_implementation: ``sdpa`` (default) or ``eager``.
+            fast_path: see the class docstring (default ``auto``).
 
         Returns:
             A ready monitor (tokenizer is None when the folder holds no tokenizer files).
@@ -354,11 +364,20 @@ class StreamingMonitor:
         tokenizer = None
         if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
             tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(model, tokenizer, theta=theta, k=k, rule=rule, scorer=scorer)
+        return cls(model, tokenizer, theta=theta, k=k, rule=rule, scorer=scorer, fast_path=fast_path)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def fast_path(self) -> str:
+        """The per-step compute in use: ``off`` (eager runtime), ``static`` or ``cuda-graph``."""
+        return "off" if self._fast_step is None else self._fast_step.name
+
+    def fast_path_stats(self) -> dict[str, Any] | None:
+        """The fast path's counters (graph captures, replays, a capture failure), or None when it is off."""
+        return None if self._fast_step is None else self._fast_step.stats_dict()
 
     def describe(self) -> dict[str, Any]:
         """The operating point, for reports: theta, rule, scorer."""
@@ -572,6 +591,13 @@ class StreamingMonitor:
             positions.append([min(length + t, self.max_length - 1) for t in range(width)])
             columns.append([length + t for t in range(n)] + [scratch] * (width - n))
         kv_length = max(length + len(ids) for length, ids in zip(lengths, row_ids) if ids)
+        fast = self._fast_step
+        if fast is not None and fast.handles(width):
+            scored = fast.run(slab, input_ids, positions, columns, kv_length)
+            if scored is not None:
+                token, holistic = scored[0].tolist(), scored[1].tolist()
+                return ([row[: len(ids)] for row, ids in zip(token, row_ids)],
+                        [row[: len(ids)] for row, ids in zip(holistic, row_ids)])
         device = self.device
         positions_t = torch.tensor(positions, device=device)
         plan = StepPlan(write_columns=torch.tensor(columns, device=device), kv_length=kv_length)

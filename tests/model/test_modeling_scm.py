@@ -148,3 +148,21 @@ def test_from_backbone_keeps_pretrained_weights(tiny_causal_backbone):
 def test_bad_config_values_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), **kwargs)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_from_backbone_stays_causal(tiny_causal_backbone, tmp_path, attn):
+    # Regression: PreTrainedModel.__init__ used to reset the backbone's attention implementation to None, and the
+    # model then attended bidirectionally during training (token scores saw the future).
+    model = SCMModel.from_backbone(str(tiny_causal_backbone), attn_implementation=attn).eval()
+    assert model.backbone.config._attn_implementation == attn
+    ids = torch.randint(0, 512, (1, 10))
+    full = model(ids, attention_mask=torch.ones_like(ids)).token_logits
+    prefix = model(ids[:, :6], attention_mask=torch.ones(1, 6, dtype=torch.long)).token_logits
+    torch.testing.assert_close(full[:, :6], prefix, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    assert SCMModel.from_pretrained(tmp_path).backbone.config._attn_implementation in ("sdpa", "eager")
+    # The hazard this guards against is real: with no implementation set, the prefix scores change.
+    model.backbone.config._attn_implementation = None
+    leaked = model(ids, attention_mask=torch.ones_like(ids)).token_logits
+    assert not torch.allclose(leaked[:, :6], prefix, atol=1e-5)
