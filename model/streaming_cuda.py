@@ -20,9 +20,9 @@ Design, in two layers so the graph only ever wraps code that is tested on a CPU:
    write columns into static input buffers, and replays a graph captured for the slab's buffers and a bucket of
    the read length. A (slab buffers, read bucket) pair runs the static step uncaptured on its first use and is
    captured on its second (a slab that serves a single step, as when the set of pushed streams keeps changing,
-   never pays for a capture); at most ``max_graphs`` graphs are kept (least recently used are dropped). Multi-token pushes (prompts, catch-up) keep
-   the eager runtime. In ``static`` mode it runs the static step without capture for every width (any device):
-   the tested reference and a debugging aid.
+   never pays for a capture); at most ``max_graphs`` graphs are kept (least recently used are dropped).
+   Multi-token pushes (prompts, catch-up) keep the eager runtime. In ``static`` mode it runs the static step
+   without capture for every width (any device): the tested reference and a debugging aid.
 
 Read-length buckets: attending over the whole slab capacity would make the cost of a short stream depend on the
 longest one's buffer; attending over exactly the needed columns would capture a graph per token. Buckets round
@@ -242,20 +242,23 @@ def capture_cuda_graph(step: Callable[[], torch.Tensor]) -> tuple[Callable[[], N
     """Capture ``step`` in a CUDA graph (after untimed warm-up runs on a side stream, as torch's docs prescribe).
 
     The warm-up runs execute the step for real; the streaming step is idempotent for fixed inputs (it writes the
-    same keys into the same columns), so running it again at replay changes nothing.
+    same keys into the same columns), so running it again at replay changes nothing. Warm-up and capture run in
+    inference mode, like every monitor step: the slab's buffers are inference tensors, and torch wants a graph
+    captured in the mode it is replayed in.
 
     Returns:
         ``(replay, output)``: ``replay()`` launches the graph, which rewrites ``output`` in place.
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(CAPTURE_WARMUP_RUNS):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        output = step()
+    with torch.inference_mode():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(CAPTURE_WARMUP_RUNS):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = step()
     return graph.replay, output
 
 
