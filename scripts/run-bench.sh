@@ -47,6 +47,8 @@ if [ -f .venv/bin/activate ]; then
 fi
 PYTHON="${PYTHON:-python3}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+# Progress bars would fill the device reply's 12,000-character output tail; bench.log has the progress lines.
+export TQDM_DISABLE=1
 PYTHONPATH_PREFIX=""
 if compgen -G "$DEPS_DIR/*.whl" > /dev/null; then
   SITE="$(mktemp -d "${TMPDIR:-/tmp}/scm-bench-site.XXXXXX")"

@@ -63,7 +63,7 @@ def test_tiny_run_checks_same_answers_through_the_graph_bookkeeping(tiny_report)
     assert answers["pass"] is True and entry["pass"] is True
     assert entry["fast_path"].startswith("cuda-graph") and entry["fast_path_stats"]["replays"] > 0
     assert max(entry["max_abs_diff_fast_vs_eager_runtime"].values()) <= 1e-5
-    assert entry["decisions_equal"] == entry["decisions_total"] == 18
+    assert entry["decisions_equal"] == entry["decisions_total"] == 18 and entry["decisions_unexplained"] == 0
     assert any(d["stopped_streams"] > 0 for d in entry["decisions"])  # the decisions compared are not all "never"
     assert entry["live_rule"]["equal"] and any(stop is not None for stop in entry["live_rule"]["stops_fast"])
 
