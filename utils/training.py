@@ -365,6 +365,9 @@ def run_training(
 
     output_dir = Path(train_args.output_dir)
     trainer.save_model(str(output_dir))
+    # The final folder is loaded without pickles: the Trainer's pickled arguments are recorded as JSON in
+    # training_summary.json instead (checkpoint-* folders keep theirs for resuming).
+    (output_dir / "training_args.bin").unlink(missing_ok=True)
     tokenizer.save_pretrained(str(output_dir))
     history = trainer.state.log_history
     RunSummary(

@@ -34,6 +34,7 @@ def test_scm_training_learns_and_checkpoint_reloads(tiny_causal_backbone, tiny_p
                if not torch.equal(p, dict(initial.backbone.named_parameters())[n])]
     assert len(changed) > 0
     assert (out / "tokenizer_config.json").is_file() and (out / "model.safetensors").is_file()
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # nothing pickled in the final folder
 
 
 def test_per_loss_values_are_logged(tiny_causal_backbone, tiny_processed_data, tmp_path):
