@@ -41,3 +41,23 @@ sample_data_for() {
   fi
   echo "$out"
 }
+
+# train_with_defaults SCRIPT ASSET DEFAULT_OUTPUT_DIR MODULE_ARGS... -- USER_ARGS...
+# Runs `python -m MODULE_ARGS... USER_ARGS...`, first filling in the embedded defaults the user left out: the
+# backbone (ASSET: smollm2 or minilm), the project's sample processed for it, and DEFAULT_OUTPUT_DIR.
+train_with_defaults() {
+  local script="$1" asset="$2" default_out="$3"; shift 3
+  local module=()
+  while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do module+=("$1"); shift; done
+  [ "$#" -gt 0 ] && shift
+  local extra=()
+  if ! has_flag base-model-path "$@"; then
+    local base
+    base="$(asset_path "$asset")"
+    extra+=(--base-model-path "$base")
+    has_flag data-dir "$@" || extra+=(--data-dir "$(sample_data_for "$base")")
+  fi
+  has_flag data-dir "$@" "${extra[@]}" || { echo "$script: --data-dir is required with --base-model-path" >&2; exit 2; }
+  has_flag output-dir "$@" || extra+=(--output-dir "$default_out")
+  python -m "${module[@]}" "${extra[@]}" "$@"
+}

@@ -8,12 +8,4 @@ if [ "${1:-}" = "test" ]; then
   shift
   exec python -m test.test_modernbert_full "$@"
 fi
-extra=()
-if ! has_flag base-model-path "$@"; then
-  base="$(asset_path minilm)"
-  extra+=(--base-model-path "$base")
-  has_flag data-dir "$@" || extra+=(--data-dir "$(sample_data_for "$base")")
-fi
-has_flag data-dir "$@" "${extra[@]}" || { echo "run-modernbert-full.sh: --data-dir is required with --base-model-path" >&2; exit 2; }
-has_flag output-dir "$@" || extra+=(--output-dir runs/encoder-default)
-python -m train.train_modernbert "${extra[@]}" "$@"
+train_with_defaults run-modernbert-full.sh minilm runs/encoder-default train.train_modernbert -- "$@"

@@ -8,12 +8,4 @@ if [ "${1:-}" = "test" ]; then
   shift
   exec python -m test.test_qwen_full "$@"
 fi
-extra=()
-if ! has_flag base-model-path "$@"; then
-  base="$(asset_path smollm2)"
-  extra+=(--base-model-path "$base")
-  has_flag data-dir "$@" || extra+=(--data-dir "$(sample_data_for "$base")")
-fi
-has_flag data-dir "$@" "${extra[@]}" || { echo "run-qwen-full.sh: --data-dir is required with --base-model-path" >&2; exit 2; }
-has_flag output-dir "$@" || extra+=(--output-dir runs/qwen-full-default)
-python -m train.train_qwen --task qwen-full "${extra[@]}" "$@"
+train_with_defaults run-qwen-full.sh smollm2 runs/qwen-full-default train.train_qwen --task qwen-full -- "$@"

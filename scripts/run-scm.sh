@@ -17,12 +17,4 @@ if [ "${1:-}" = "test" ]; then
   fi
   exit 0
 fi
-extra=()
-if ! has_flag base-model-path "$@"; then
-  base="$(asset_path smollm2)"
-  extra+=(--base-model-path "$base")
-  has_flag data-dir "$@" || extra+=(--data-dir "$(sample_data_for "$base")")
-fi
-has_flag data-dir "$@" "${extra[@]}" || { echo "run-scm.sh: --data-dir is required with --base-model-path" >&2; exit 2; }
-has_flag output-dir "$@" || extra+=(--output-dir runs/scm-default)
-python -m train.train_qwen --task scm "${extra[@]}" "$@"
+train_with_defaults run-scm.sh smollm2 runs/scm-default train.train_qwen --task scm -- "$@"

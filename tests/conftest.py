@@ -16,6 +16,15 @@ from transformers import AutoTokenizer, BertConfig, BertModel, Qwen2Model
 
 from tests.tiny_models import TINY_VOCAB, tiny_qwen2_config, write_processed_split
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed threads cost 10x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def qwen_tokenizer_dir() -> Path:
     from utils.assets import qwen_tokenizer_path

@@ -26,15 +26,6 @@ from tests.tiny_models import TINY_VOCAB, tiny_qwen2_config
 FP32_TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed threads cost 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_model() -> SCMModel:
     torch.manual_seed(0)
