@@ -56,7 +56,7 @@ def main(model_args: EncoderModelArguments, train_args: EncoderTrainingArguments
     """Train and save; returns the output folder.
 
     Raises:
-        FileNotFoundError / DataFormatError: bad data folder. OSError: encoder folder that does not load.
+        FileNotFoundError / DataFormatError: bad data folder. TokenizerLoadError: encoder folder without a tokenizer.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokenizer = load_tokenizer(model_args.base_model_path)

@@ -70,7 +70,7 @@ def main(model_args: QwenModelArguments, train_args: QwenTrainingArguments) -> P
     """Train and save; returns the output folder.
 
     Raises:
-        FileNotFoundError / DataFormatError: bad data folder. OSError: backbone folder that does not load.
+        FileNotFoundError / DataFormatError: bad data folder. TokenizerLoadError: backbone folder without a tokenizer.
         ValueError: bad option values.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

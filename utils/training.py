@@ -270,22 +270,19 @@ class PaperTrainingArguments(TrainingArguments):
 
 
 def load_tokenizer(path: str):
-    """``AutoTokenizer`` from a local folder, with errors that name the folder.
+    """The backbone folder's tokenizer: ``utils.data_process.load_tokenizer`` after a folder check.
 
     Raises:
-        FileNotFoundError: not a folder. OSError: the folder holds no loadable tokenizer.
+        FileNotFoundError: not a folder. TokenizerLoadError: the folder holds no loadable tokenizer.
     """
-    from transformers import AutoTokenizer
+    from utils.data_process import load_tokenizer as load_tokenizer_from
 
     if not Path(path).is_dir():
         raise FileNotFoundError(
             f"--base-model-path {path} is not a folder; give a local HF model folder "
             f"(`python -m utils.assets` prints the embedded SmolLM2 and MiniLM paths)"
         )
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as err:  # tokenizers raise many types; the path is what the user must fix
-        raise OSError(f"cannot load a tokenizer from {path}: {err}") from err
+    return load_tokenizer_from(path)
 
 
 def run_training(
