@@ -3,7 +3,7 @@
 The file name is the paper repository's; the model works over any causal backbone that ``AutoModel`` builds
 (Qwen2 as in the paper, Llama/SmolLM2 as the embedded default). Because the backbone is causal, the token score at
 position t depends only on the prefix up to t, so one forward pass over a finished response gives the judgement of
-every prefix, and a KV cache lets a stream be scored one token at a time (see ``model/streaming.py``).
+every prefix, and a KV cache lets a stream be scored one token at a time (see ``serve/monitor.py``).
 
 Loss: ``alpha * CE_tok + (1 - alpha) * CE_hol + gamma * L_logic``. SCM uses alpha=0.6, gamma=1; the Qwen
 full-detection baseline is the same class with alpha=0, gamma=0 (holistic cross-entropy only).

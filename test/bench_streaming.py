@@ -39,7 +39,7 @@ import transformers
 from transformers import LlamaConfig
 
 from model.modeling_qwen4dual_2CE_w_logic import SCMConfig, SCMModel
-from model.streaming import StreamingMonitor, score_offline
+from serve.monitor import StreamingMonitor, score_offline
 from utils.cli import parse_dataclasses
 from utils.decision_rules import DelayK
 from utils.io_utils import atomic_write, write_json

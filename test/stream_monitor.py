@@ -5,7 +5,7 @@ LM folder) answers ``--prompt`` through its chat template, greedily or sampled w
 printed as it grows, and only text the monitor has already scored is printed (hold-back). When the monitor and the
 generator share a tokenizer, the generated ids go straight into the monitor through a ``StoppingCriteria`` (one
 incremental monitor step per generated token, the generation stops at the monitor's stop token); otherwise the
-generated text is re-tokenised by the text guard (``utils/text_guard.py``) and the generation is halted when the
+generated text is re-tokenised by the text guard (``serve/text_guard.py``) and the generation is halted when the
 guard stops. File mode (``--input FILE.jsonl``, one ``{"prompt": ..., "response": ...}`` per line) streams each
 response through the text guard in chunks. Either way the report says where and why the stream stopped: response
 token index, token, score, running count and the rule.
@@ -33,11 +33,11 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList,
                           TextIteratorStreamer)
 
-from model.streaming import PushResult, StreamingMonitor, resolve_dtype
-from model.streaming_generate import MonitorStoppingCriteria
+from serve.monitor import PushResult, StreamingMonitor, resolve_dtype
+from serve.generate import MonitorStoppingCriteria
 from utils.cli import parse_dataclasses
 from utils.io_utils import DataFormatError, read_jsonl, write_json
-from utils.text_guard import STOP_NOTICE, TextStreamGuard
+from serve.text_guard import STOP_NOTICE, TextStreamGuard
 
 SCRIPT = "python -m test.stream_monitor"
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import transformers
 
-from model.streaming import StreamingMonitor, score_offline
+from serve.monitor import StreamingMonitor, score_offline
 from utils.cli import parse_dataclasses
 from utils.io_utils import DataFormatError, write_json
 from utils.processed_data import check_vocabulary, load_meta, load_split, split_path

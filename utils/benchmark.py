@@ -55,8 +55,8 @@ import transformers
 from transformers import Qwen2Config, TrainerCallback
 
 from model.modeling_qwen4dual_2CE_w_logic import SCMConfig, SCMModel
-from model.streaming import StreamingMonitor, score_offline
-from model.streaming_cuda import FastStep, capture_eagerly
+from serve.monitor import StreamingMonitor, score_offline
+from serve.cuda_step import FastStep, capture_eagerly
 from utils.cli import parse_dataclasses
 from utils.decision_rules import DelayK, delay_k_stop_index
 from utils.io_utils import atomic_write, write_json

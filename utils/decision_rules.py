@@ -8,7 +8,7 @@ A token is flagged when its score reaches ``theta``. A rule turns the sequence o
   consecutive unsafe tokens).
 
 Both offline evaluation (``utils/metrics.py``, over a whole list of scores) and the streaming runtime
-(``model/streaming.py``, a few tokens at a time) use the same rule objects, so they cannot disagree: the offline
+(``serve/monitor.py``, a few tokens at a time) use the same rule objects, so they cannot disagree: the offline
 :meth:`DecisionRule.stop_index` is defined by feeding the incremental :meth:`DecisionRule.update`.
 """
 

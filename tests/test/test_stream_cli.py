@@ -19,14 +19,14 @@ import torch
 from transformers import AutoTokenizer
 
 from model import SCMConfig, SCMModel
-from model.streaming_tiny import build_tiny_generator, build_tiny_scm, tiny_llama_config
+from tests.tiny_checkpoints import build_tiny_generator, build_tiny_scm, tiny_llama_config
 from test import bench_streaming, stream_monitor, verify_streaming
 from test.bench_streaming import BenchArguments
 from test.stream_monitor import StreamMonitorArguments
 from test.verify_streaming import VerifyArguments
 from utils.cli import parse_dataclasses
 from utils.io_utils import DataFormatError
-from utils.text_guard import STOP_NOTICE
+from serve.text_guard import STOP_NOTICE
 
 from tests.tiny_models import tiny_qwen2_config
 

@@ -1,4 +1,4 @@
-"""The streaming fast path (model/streaming_cuda.py) on tiny random models, on the CPU.
+"""The streaming fast path (serve/cuda_step.py) on tiny random models, on the CPU.
 
 What must hold: the static decoder step gives the eager runtime's scores (fp32, 1e-5) for every supported backbone,
 batched streams of different lengths, idle rows, multi-token pushes and slab growth; the graph bookkeeping (static
@@ -17,8 +17,8 @@ import torch
 from transformers import GPT2Config, LlamaConfig, Qwen3Config
 
 from model import SCMConfig, SCMModel
-from model.streaming import StreamingMonitor
-from model.streaming_cuda import (FastStep, capture_eagerly, make_fast_step, read_length_bucket,
+from serve.monitor import StreamingMonitor
+from serve.cuda_step import (FastStep, capture_eagerly, make_fast_step, read_length_bucket,
                                   static_step_support)
 from utils.decision_rules import DelayK
 

@@ -1,4 +1,4 @@
-"""The text-stream guard (utils/text_guard.py): exact incremental re-tokenisation, hold-back, stop semantics.
+"""The text-stream guard (serve/text_guard.py): exact incremental re-tokenisation, hold-back, stop semantics.
 
 The monitor is a tiny random SCM over the SmolLM2 tokenizer's full vocabulary; where a test needs to know which
 token stops the stream, the token head is set to flag every token (zero weights, bias towards "harmful").
@@ -15,10 +15,10 @@ from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer
 
 from model import SCMConfig, SCMModel
-from model.streaming import StreamingMonitor
-from model.streaming_tiny import tiny_llama_config
+from serve.monitor import StreamingMonitor
+from tests.tiny_checkpoints import tiny_llama_config
 from utils.decision_rules import DelayK
-from utils.text_guard import STOP_NOTICE, IncrementalTokenizer, TextStreamGuard, feed_many
+from serve.text_guard import STOP_NOTICE, IncrementalTokenizer, TextStreamGuard, feed_many
 
 TEXTS = [
     "Sure! It'll cost $1,234.56 — don't  worry.\n\n  Step 2:\tmix 😀 café e\u0301 日本語 x'",

@@ -46,7 +46,7 @@ from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from model.streaming import StopEvent, StreamingMonitor, StreamState
+from serve.monitor import StopEvent, StreamingMonitor, StreamState
 
 STOP_NOTICE = "[response stopped by the content monitor]"
 # Pre-tokens held back at the end of the text: the trailing partial word and the one before it (see module doc).

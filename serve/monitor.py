@@ -21,12 +21,12 @@ Example::
 
 Design notes:
 
-- KV storage is a :class:`~model.streaming_cache.KVSlab` (per-row write offsets, explicit 4D masks, doubling
+- KV storage is a :class:`~serve.kv_slab.KVSlab` (per-row write offsets, explicit 4D masks, doubling
   capacity): per-token work is the attention over the row's own past and nothing else; the past is never copied
   on a step. Streams are moved between slabs (a copy of their past) only when the set of streams pushed together
   changes; a slab is reused as long as at least half of its rows take part in the push.
 - The per-step compute is the single method :meth:`StreamingMonitor._run_step`; the CUDA fast path
-  (``model/streaming_cuda.py``: a static step over the same slab, captured in CUDA graphs) takes the one-token
+  (``serve/cuda_step.py``: a static step over the same slab, captured in CUDA graphs) takes the one-token
   steps instead when ``fast_path`` selects it (``auto``: on CUDA for supported backbones) and keeps the rest.
   Nothing here assumes a device or a dtype; scores are returned in fp32.
 - Misuse raises a :class:`StreamingError` subclass with a message that says what to do; a push that raises changes
@@ -46,8 +46,8 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from model.modeling_qwen4dual_2CE_w_logic import SCMModel
-from model.streaming_cache import CAPACITY_QUANTUM, KVSlab, SlabCache, StepPlan, build_attention_mask
-from model.streaming_cuda import FastStep, make_fast_step
+from serve.kv_slab import CAPACITY_QUANTUM, KVSlab, SlabCache, StepPlan, build_attention_mask
+from serve.cuda_step import FastStep, make_fast_step
 from utils.decision_rules import DecisionRule, RuleState, make_rule
 
 SCORERS = ("token", "holistic")
@@ -234,7 +234,7 @@ def _normalise_ids(new_ids: Any, label: str) -> list[int]:
         return new_ids.reshape(-1).tolist()
     if isinstance(new_ids, (str, bytes)) or (not isinstance(new_ids, Sequence) and not hasattr(new_ids, "tolist")):
         raise InvalidTokenError(f"{label}: expected a sequence of token ids, got {type(new_ids).__name__} (wrap a "
-                                f"single id in a list; text goes through utils.text_guard)")
+                                f"single id in a list; text goes through serve.text_guard)")
     ids = new_ids.tolist() if hasattr(new_ids, "tolist") else list(new_ids)
     normalised = []
     for position, token in enumerate(ids):
@@ -264,7 +264,7 @@ class StreamingMonitor:
         attn_implementation: when given, switch the backbone to it (``sdpa`` or ``eager``).
         fast_path: ``auto`` (CUDA graphs for one-token steps when the model is on CUDA and its backbone is
             supported, else the eager runtime), ``off``, ``static`` or ``cuda-graph`` (forced; see
-            ``model/streaming_cuda.py``), or a ready ``FastStep``. Decide it after moving the model to its device.
+            ``serve/cuda_step.py``), or a ready ``FastStep``. Decide it after moving the model to its device.
 
     Raises:
         ValueError: bad theta, k, rule or scorer; a backbone with sliding-window or other non-full attention layers;
@@ -524,7 +524,7 @@ class StreamingMonitor:
                 raise InvalidTokenError(
                     f"stream {state.stream_id}: token id {token} at position {position} of the push is outside the "
                     f"model's vocabulary [0, {self.vocab_size}); ids must come from the monitor's own tokenizer "
-                    f"(use utils.text_guard to monitor text from another tokenizer)")
+                    f"(use serve.text_guard to monitor text from another tokenizer)")
         if state.length + len(ids) > self.max_length:
             raise StreamLengthError(
                 f"stream {state.stream_id}: {len(ids)} more tokens would make it {state.length + len(ids)} tokens "

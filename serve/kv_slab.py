@@ -1,4 +1,4 @@
-"""Batched KV storage for many monitored streams of different lengths (used by ``model/streaming.py``).
+"""Batched KV storage for many monitored streams of different lengths (used by ``serve/monitor.py``).
 
 Why not Hugging Face's ``DynamicCache``: it appends new keys with ``torch.cat`` (a full copy of the cache on every
 step, so per-token work grows with the number of pushes), and it assumes every row of a batch sits at the same

@@ -1,4 +1,4 @@
-"""The streaming runtime (model/streaming.py, streaming_cache.py, streaming_generate.py) on tiny random models.
+"""The streaming runtime (serve/monitor.py, serve/kv_slab.py, serve/generate.py) on tiny random models.
 
 What must hold: streamed scores equal one full offline forward (token by token, in random chunks, many streams
 batched), the stop position equals the offline rule's, streams never influence each other, the past is never
@@ -15,10 +15,10 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, StoppingCriteriaList
 
 from model import SCMConfig, SCMModel
-from model.streaming import (InvalidTokenError, StreamClosedError, StreamingMonitor, StreamLengthError,
+from serve.monitor import (InvalidTokenError, StreamClosedError, StreamingMonitor, StreamLengthError,
                              StreamStoppedError, encode_prompt, score_offline)
-from model.streaming_generate import MonitorStoppingCriteria
-from model.streaming_tiny import build_tiny_scm, tiny_llama_config
+from serve.generate import MonitorStoppingCriteria
+from tests.tiny_checkpoints import build_tiny_scm, tiny_llama_config
 from utils.decision_rules import ConsecutiveN, DelayK
 
 from tests.tiny_models import TINY_VOCAB, tiny_qwen2_config

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 from transformers import StoppingCriteria
 
-from model.streaming import PushResult, StopEvent, StreamingMonitor, StreamState
+from serve.monitor import PushResult, StopEvent, StreamingMonitor, StreamState
 
 # on_scored(row, new_ids, result): called after each push that scored at least one token of a row.
 ScoredCallback = Callable[[int, list[int], PushResult], None]

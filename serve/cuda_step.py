@@ -11,11 +11,11 @@ Design, in two layers so the graph only ever wraps code that is tested on a CPU:
    built from the backbone's own modules (embedding, rotary table, norms, projections, MLPs, heads). Every shape in
    it is fixed by ``(rows, width, read_length)`` and every per-step value (token ids, positions, write columns) is a
    device tensor, so it does no host synchronisation and allocates the same tensors on every call. It writes the new
-   keys/values into the :class:`~model.streaming_cache.KVSlab` buffers at the rows' own columns (a ``scatter_`` on
+   keys/values into the :class:`~serve.kv_slab.KVSlab` buffers at the rows' own columns (a ``scatter_`` on
    device-side indices) and attends over the first ``read_length`` columns with a mask built on device from the
    positions: the same storage, positions and masking semantics as the eager runtime, so its scores equal the
    eager step's (``tests/model/test_streaming_cuda.py``, fp32, 1e-5).
-2. :class:`FastStep` is what :class:`~model.streaming.StreamingMonitor` calls. In ``cuda-graph`` mode it handles
+2. :class:`FastStep` is what :class:`~serve.monitor.StreamingMonitor` calls. In ``cuda-graph`` mode it handles
    the one-token-per-stream step (the hot loop of a monitored generation): it copies the step's ids, positions and
    write columns into static input buffers, and replays a graph captured for the slab's buffers and a bucket of
    the read length. A (slab buffers, read bucket) pair runs the static step uncaptured on its first use and is
@@ -48,7 +48,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from model.streaming_cache import KVSlab
+from serve.kv_slab import KVSlab
 
 logger = logging.getLogger(__name__)
 
