@@ -21,7 +21,9 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from utils.frozen_prefix import transformer_blocks
 from utils.io_utils import write_json
+from utils.training_speedups import TrainingSpeedups
 
 try:
     from hf_mtask_trainer import HfMultiTaskTrainer as _BaseTrainer
@@ -148,13 +150,7 @@ def freeze_lower_layers(model: torch.nn.Module, n_layers: int) -> int:
     """
     if n_layers <= 0:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    blocks = None
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
-            blocks = module
-            break
-    if blocks is None:
-        raise ValueError("cannot find the backbone's layer list to freeze")
+    blocks = transformer_blocks(model)
     if n_layers > len(blocks):
         raise ValueError(f"--freeze-layers {n_layers} exceeds the backbone's {len(blocks)} layers")
     model.get_input_embeddings().requires_grad_(False)
@@ -171,10 +167,11 @@ class MonitorTrainer(_BaseTrainer):
     """hf-mtask-trainer's multi-loss logging + the paper's per-step exponential learning-rate decay.
 
     Attributes:
-        lr_decay: ExponentialLR gamma applied after every optimisation step.
+        lr_decay: ExponentialLR gamma applied after every optimisation step; None uses the Trainer's own schedule
+            (``--lr-scheduler-type``, ``--warmup-steps``).
     """
 
-    def __init__(self, *args: Any, lr_decay: float = 0.99, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lr_decay: float | None = 0.99, **kwargs: Any) -> None:
         self.lr_decay = lr_decay
         super().__init__(*args, **kwargs)
         # hf-mtask-trainer binds `report_metrics` only when it first patches a model class, so a second trainer in
@@ -188,6 +185,8 @@ class MonitorTrainer(_BaseTrainer):
         return self.accelerator.gather(tensors)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_decay is None:
+            return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
             self.lr_scheduler = torch.optim.lr_scheduler.ExponentialLR(
                 optimizer if optimizer is not None else self.optimizer, gamma=self.lr_decay
@@ -244,6 +243,18 @@ class CommonModelArguments:
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."})
     attn_implementation: str | None = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2."})
     lr_decay: float | None = field(default=None, metadata={"help": "ExponentialLR gamma per optimisation step."})
+    lr_schedule: str = field(default="exponential", metadata={
+        "help": "exponential: the paper's ExponentialLR (--lr-decay per step); trainer: the Trainer's "
+                "--lr-scheduler-type (linear, cosine, ...) with --warmup-steps / --warmup-ratio.",
+        "choices": ["exponential", "trainer"]})
+    cache_frozen_prefix: bool = field(default=False, metadata={
+        "help": "Run the --freeze-layers frozen blocks once over the data and train on their cached outputs "
+                "(exact; each epoch then runs only the trained blocks). See utils/frozen_prefix.py."})
+    lora_rank: int = field(default=0, metadata={
+        "help": "LoRA adapters of this rank on the blocks above --freeze-layers (0: off); merged into plain "
+                "weights before saving. See utils/lora.py."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (scale alpha/rank); default 2 x rank."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
     resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in --output-dir."})
 
 
@@ -324,6 +335,8 @@ def run_training(
     use_length_grouping(train_args)
     train_args.label_names = ["token_labels", "sequence_labels"] if with_token_labels else ["sequence_labels"]
     lr_decay = args.lr_decay if args.lr_decay is not None else default_lr_decay
+    if args.lr_schedule != "exponential":  # the Trainer's --lr-scheduler-type instead
+        lr_decay = None
     set_seed(train_args.seed)
 
     train_records = load_split(args.data_dir, "train", args.limit_train)
@@ -340,16 +353,20 @@ def run_training(
     vocab = model.get_input_embeddings().num_embeddings
     check_vocabulary(train_records + eval_records, vocab, args.data_dir, args.base_model_path)
     trainable = freeze_lower_layers(model, args.freeze_layers)
+    speedups = TrainingSpeedups(args, train_args, logger)
     # Padded positions are masked out, so any in-vocabulary id works; prefer the tokenizer's own pad/eos.
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None and t < vocab), 0)
     collator = PaddingCollator(pad_token_id=pad_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1,
                                with_token_labels=with_token_labels)
+    train_dataset, eval_dataset, collator = speedups.prepare_data(
+        model, train_records, eval_records, to_dataset(train_records), to_dataset(eval_records), collator)
+    model, trainable = speedups.prepare_model(model, trainable)
     trainer = MonitorTrainer(
         model=model,
         args=train_args,
         data_collator=collator,
-        train_dataset=to_dataset(train_records),
-        eval_dataset=to_dataset(eval_records),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         # No processing_class: the Trainer would rewrite the backbone config's special-token ids from the
         # tokenizer. The tokenizer is saved beside the final model below.
         lr_decay=lr_decay,
@@ -359,6 +376,7 @@ def run_training(
         logger.info("resuming from %s", resume_from)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     eval_metrics = trainer.evaluate()
+    speedups.finish(trainer)  # LoRA merged into plain weights; trainer.model is what gets saved
 
     output_dir = Path(train_args.output_dir)
     trainer.save_model(str(output_dir))
@@ -369,11 +387,12 @@ def run_training(
     history = trainer.state.log_history
     RunSummary(
         arguments={"model": asdict(args), "training": train_args.to_dict(), "lr_decay": lr_decay,
+                   "speedups": speedups.facts,
                    "precision": precision, "command": " ".join(sys.argv)},
         data={"data_dir": str(args.data_dir), "meta": load_meta(args.data_dir),
               "train_examples": len(train_records), "val_examples": len(eval_records),
               "train_truncated": train_truncated, "val_truncated": eval_truncated, "max_length": args.max_length},
-        model={**model_info, "parameters": sum(p.numel() for p in model.parameters()),
+        model={**model_info, "parameters": sum(p.numel() for p in trainer.model.parameters()),
                "trainable_parameters": trainable, "backbone": args.base_model_path},
         result={"train": train_result.metrics, "eval": eval_metrics,
                 "best_checkpoint": trainer.state.best_model_checkpoint,

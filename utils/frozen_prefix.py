@@ -1,0 +1,298 @@
+"""Frozen-prefix feature cache: run the frozen lower blocks once, so each epoch runs only the trained blocks.
+
+With ``--freeze-layers N`` the embeddings and the first N transformer blocks never change, so the hidden states that
+enter block N are the same at every epoch. ``--cache-frozen-prefix`` computes them once for every training and
+validation example (in evaluation mode, before training) and stores them in a memory-mapped file; during training the
+batches carry those states and the model runs only blocks N.. and the heads. The result is exact: it equals training
+without the cache (the test suite checks losses and gradients), because nothing below block N is trained and the
+frozen blocks hold no dropout (both are checked here, and a mismatch on the first batch refuses to train).
+
+How it plugs in without changing the model: the collator adds ``prefix_hidden_states`` (the cached states, padded) to
+each batch; ``SCMModel.forward`` passes unknown keyword arguments to its backbone, where a forward pre-hook moves them
+to ``inputs_embeds`` and tells the frozen blocks to pass their input through. A call without
+``prefix_hidden_states`` (anything else that uses the model while the cache is attached) runs every block as usual.
+The requirement on the backbone is the HF decoder layout: ``forward(input_ids | inputs_embeds)`` feeds
+``inputs_embeds`` unchanged into the first block, and the blocks take the hidden states as their first argument
+(Llama, Qwen2, Mistral, ...). A backbone that rescales ``inputs_embeds`` (Gemma) fails the exactness check with a
+message, never silently.
+
+Command (any training script)::
+
+    python -m train.train_qwen --task scm --freeze-layers 24 --cache-frozen-prefix ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+PREFIX_KEY = "prefix_hidden_states"
+ROW_COLUMN = "prefix_row"
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the frozen blocks have run (the upper blocks are not needed then)."""
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The backbone's list of transformer blocks: the first ``ModuleList`` with more than one module.
+
+    Raises:
+        ValueError: when the model holds no such list.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1:
+            return module
+    raise ValueError("cannot find the backbone's layer list (a ModuleList of transformer blocks)")
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The module whose forward takes ``input_ids`` / ``inputs_embeds`` and runs the blocks (``model.backbone``)."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise ValueError(f"{type(model).__name__} has no .backbone: the frozen-prefix cache supports SCMModel")
+    return backbone
+
+
+def check_no_dropout(model: nn.Module, n_frozen: int) -> None:
+    """Refuse a cache that would not be exact: dropout in the embeddings or the frozen blocks is random per step.
+
+    Raises:
+        ValueError: naming the dropout found.
+    """
+    backbone = backbone_of(model)
+    frozen = [backbone.get_input_embeddings(), *list(transformer_blocks(model))[:n_frozen]]
+    for part in frozen:
+        for name, module in part.named_modules():
+            if isinstance(module, nn.Dropout) and module.p > 0:
+                raise ValueError(f"--cache-frozen-prefix: the frozen part holds dropout ({name}, p={module.p}), so its "
+                                 f"outputs change at every step; train without the cache")
+    config = backbone.config
+    for key, value in config.to_dict().items():
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, (int, float)) and value > 0 \
+                and "classifier" not in key:
+            raise ValueError(f"--cache-frozen-prefix: the backbone config sets {key}={value}, so the frozen blocks "
+                             f"are random in training; train without the cache (or set it to 0)")
+
+
+@dataclass
+class FrozenPrefixCache:
+    """Hidden states entering block ``n_frozen`` for a list of token sequences, in one memory-mapped fp32 file.
+
+    Attributes:
+        n_frozen: number of frozen blocks (the states are those entering block ``n_frozen``).
+        hidden_size: width of the states.
+        offsets: start row of each sequence in ``states`` (one more entry than sequences: the end).
+        states: ``(total_tokens, hidden_size)`` array (``numpy.memmap``).
+        folder: where the file lives (removed by :meth:`close`).
+        build_seconds: time spent computing the states.
+    """
+
+    n_frozen: int
+    hidden_size: int
+    offsets: np.ndarray
+    states: np.ndarray
+    folder: Path
+    build_seconds: float = 0.0
+    _hooks: list[Any] = field(default_factory=list, repr=False)
+    _patched: list[nn.Module] = field(default_factory=list, repr=False)
+    _active: bool = field(default=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        n_frozen: int,
+        sequences: Sequence[Sequence[int]],
+        folder: str | Path,
+        *,
+        batch_size: int = 8,
+        device: torch.device | str = "cpu",
+        autocast_dtype: torch.dtype | None = None,
+        progress: bool = True,
+    ) -> "FrozenPrefixCache":
+        """Run the embeddings and the first ``n_frozen`` blocks once over ``sequences`` and store what enters the next.
+
+        Args:
+            model: an ``SCMModel`` (any model with ``.backbone`` in the HF decoder layout).
+            n_frozen: number of frozen lower blocks, 1 .. number of blocks - 1.
+            sequences: token ids, one list per example, in the order rows will be asked for.
+            folder: new or empty folder for the memory-mapped file.
+            batch_size: sequences per forward (length-sorted, right-padded).
+            device: where to run the frozen blocks.
+            autocast_dtype: bf16/fp16 to compute as mixed-precision training would, or None (fp32).
+            progress: show a progress bar.
+
+        Returns:
+            The cache (not yet attached to the model: see :meth:`attach`).
+
+        Raises:
+            ValueError: ``n_frozen`` out of range, dropout in the frozen part, or empty ``sequences``.
+        """
+        from tqdm.auto import tqdm
+
+        blocks = transformer_blocks(model)
+        if not 0 < n_frozen < len(blocks):
+            raise ValueError(f"--cache-frozen-prefix needs 0 < --freeze-layers < {len(blocks)} (the backbone's "
+                             f"blocks), got {n_frozen}: with nothing frozen there is nothing to cache")
+        if not sequences:
+            raise ValueError("--cache-frozen-prefix: no sequences to cache")
+        check_no_dropout(model, n_frozen)
+        backbone = backbone_of(model)
+        hidden = backbone.config.hidden_size
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        states = np.lib.format.open_memmap(folder / "states.npy", mode="w+", dtype=np.float32,
+                                           shape=(int(offsets[-1]), hidden))
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _StopForward
+
+        started = time.time()
+        was_training = model.training
+        model.eval()
+        handle = blocks[n_frozen].register_forward_pre_hook(capture, with_kwargs=True)
+        order = np.argsort(-lengths, kind="stable")
+        try:
+            with torch.inference_mode(), _autocast(device, autocast_dtype):
+                for start in tqdm(range(0, len(order), batch_size), desc="frozen-prefix cache", disable=not progress,
+                                  unit="batch"):
+                    rows = order[start:start + batch_size]
+                    longest = int(lengths[rows].max())
+                    ids = torch.zeros((len(rows), longest), dtype=torch.long)
+                    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+                    for i, row in enumerate(rows):
+                        ids[i, :lengths[row]] = torch.tensor(sequences[row], dtype=torch.long)
+                        mask[i, :lengths[row]] = 1
+                    with contextlib.suppress(_StopForward):
+                        backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                    out = captured.pop("h").float().cpu().numpy()
+                    for i, row in enumerate(rows):
+                        states[offsets[row]:offsets[row + 1]] = out[i, :lengths[row]]
+        finally:
+            handle.remove()
+            model.train(was_training)
+        states.flush()
+        return cls(n_frozen=n_frozen, hidden_size=hidden, offsets=offsets, states=states, folder=folder,
+                   build_seconds=time.time() - started)
+
+    def rows(self, indices: Sequence[int], length: int) -> torch.Tensor:
+        """Cached states of sequences ``indices``, right-padded with zeros to ``length``: ``(len, length, hidden)``."""
+        out = torch.zeros((len(indices), length, self.hidden_size), dtype=torch.float32)
+        for i, index in enumerate(indices):
+            start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+            n = min(end - start, length)
+            out[i, :n] = torch.from_numpy(np.asarray(self.states[start:start + n]))
+        return out
+
+    def attach(self, model: nn.Module) -> None:
+        """Make ``model`` accept ``prefix_hidden_states`` (skip the frozen blocks for those calls only)."""
+        if self._hooks:
+            return
+        backbone = backbone_of(model)
+
+        def take_prefix(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            prefix = kwargs.pop(PREFIX_KEY, None)
+            self._active = prefix is not None
+            if self._active:
+                kwargs["inputs_embeds"] = prefix
+                kwargs["input_ids"] = None
+            return args, kwargs
+
+        def release(*_: Any) -> None:
+            self._active = False
+
+        self._hooks.append(backbone.register_forward_pre_hook(take_prefix, with_kwargs=True))
+        self._hooks.append(backbone.register_forward_hook(release, always_call=True))
+        for block in list(transformer_blocks(model))[:self.n_frozen]:
+            block.forward = self._skipping(block.forward)
+            self._patched.append(block)
+
+    def _skipping(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        def forward_or_pass(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            return hidden_states if self._active else forward(hidden_states, *args, **kwargs)
+
+        return forward_or_pass
+
+    def detach(self) -> None:
+        """Undo :meth:`attach`: the model runs every block again for every call."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        for block in self._patched:
+            del block.forward  # the instance attribute; the class's forward is back
+        self._patched.clear()
+        self._active = False
+
+    def close(self) -> None:
+        """Detach and delete the memory-mapped file."""
+        self.detach()
+        self.states = np.empty((0, self.hidden_size), dtype=np.float32)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class PrefixCollator:
+    """Wraps a collator: adds the cached states of each example (column ``prefix_row``) as ``prefix_hidden_states``."""
+
+    base: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]
+    cache: FrozenPrefixCache
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.base(features)
+        batch[PREFIX_KEY] = self.cache.rows([int(f[ROW_COLUMN]) for f in features], batch["input_ids"].shape[1])
+        return batch
+
+
+def check_exact(model: nn.Module, collator: PrefixCollator, features: Sequence[dict[str, Any]],
+                device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> float:
+    """Compare cached and uncached logits on one batch (evaluation mode); the cache must be attached.
+
+    Returns:
+        The largest absolute difference.
+
+    Raises:
+        RuntimeError: when they differ beyond rounding (the backbone does not feed ``inputs_embeds`` straight into
+            its first block, e.g. it rescales them).
+    """
+    batch = {k: v.to(device) for k, v in collator(features).items()}
+    plain = {k: v for k, v in batch.items() if k != PREFIX_KEY}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _autocast(device, autocast_dtype):
+            cached, uncached = model(**batch), model(**plain)
+    finally:
+        model.train(was_training)
+    # Padded positions differ (zeros in the cache, computed states without it) and are never used: compare the rest.
+    real = batch["attention_mask"].bool()
+    diff = max(float((cached.token_logits - uncached.token_logits).float()[real].abs().max()),
+               float((cached.sequence_logits - uncached.sequence_logits).float().abs().max()))
+    tolerance = 1e-3 if autocast_dtype is None else 5e-2
+    if not math.isfinite(diff) or diff > tolerance:
+        raise RuntimeError(f"--cache-frozen-prefix: cached and uncached logits differ by {diff:.2e} on the first "
+                           f"batch: this backbone ({type(backbone_of(model)).__name__}) does not feed inputs_embeds "
+                           f"unchanged into its first block; train without the cache")
+    return diff
+
+
+def _autocast(device: torch.device | str, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
