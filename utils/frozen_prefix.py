@@ -16,14 +16,20 @@ The requirement on the backbone is the HF decoder layout: ``forward(input_ids | 
 (Llama, Qwen2, Mistral, ...). A backbone that rescales ``inputs_embeds`` (Gemma) fails the exactness check with a
 message, never silently.
 
+A cache is kept and reused across runs with ``--prefix-cache-dir DIR`` (ablations over learning rates, epochs or the
+upper blocks share one frozen prefix): ``DIR/manifest.json`` holds fingerprints of the frozen weights (SHA-256 of
+the embeddings and frozen blocks) and of the token sequences, and a cache is reused only when both match; otherwise
+it is rebuilt. Without the flag the cache lives in the output folder and is deleted after training.
+
 Command (any training script)::
 
-    python -m train.train_qwen --task scm --freeze-layers 24 --cache-frozen-prefix ...
+    python -m train.train_qwen --task scm --freeze-layers 24 --cache-frozen-prefix [--prefix-cache-dir DIR] ...
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import shutil
 import time
@@ -35,7 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.io_utils import read_json, write_json
+
 PREFIX_KEY = "prefix_hidden_states"
+CACHE_FORMAT = 1
 ROW_COLUMN = "prefix_row"
 
 
@@ -84,6 +93,24 @@ def check_no_dropout(model: nn.Module, n_frozen: int) -> None:
                              f"are random in training; train without the cache (or set it to 0)")
 
 
+def fingerprint(model: nn.Module, n_frozen: int, sequences: Sequence[Sequence[int]],
+                autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """What a cache depends on: the frozen weights, the sequences, the precision (SHA-256 digests and counts)."""
+    weights = hashlib.sha256()
+    frozen = [backbone_of(model).get_input_embeddings(), *list(transformer_blocks(model))[:n_frozen]]
+    for part in frozen:
+        for name, tensor in sorted(part.state_dict().items()):
+            weights.update(name.encode())
+            weights.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    tokens = hashlib.sha256()
+    for sequence in sequences:
+        tokens.update(np.asarray(sequence, dtype=np.int64).tobytes())
+        tokens.update(b"|")
+    return {"format": CACHE_FORMAT, "n_frozen": n_frozen, "frozen_weights_sha256": weights.hexdigest(),
+            "sequences": len(sequences), "tokens": int(sum(len(s) for s in sequences)),
+            "sequences_sha256": tokens.hexdigest(), "autocast": str(autocast_dtype)}
+
+
 @dataclass
 class FrozenPrefixCache:
     """Hidden states entering block ``n_frozen`` for a list of token sequences, in one memory-mapped fp32 file.
@@ -93,8 +120,10 @@ class FrozenPrefixCache:
         hidden_size: width of the states.
         offsets: start row of each sequence in ``states`` (one more entry than sequences: the end).
         states: ``(total_tokens, hidden_size)`` array (``numpy.memmap``).
-        folder: where the file lives (removed by :meth:`close`).
-        build_seconds: time spent computing the states.
+        folder: where the file lives (removed by :meth:`close` unless ``keep``).
+        build_seconds: time spent computing the states (0 when an existing cache was reused).
+        reused: whether the states came from an earlier run's matching cache.
+        keep: leave the folder in place on :meth:`close` (a ``--prefix-cache-dir`` for later runs).
     """
 
     n_frozen: int
@@ -103,6 +132,8 @@ class FrozenPrefixCache:
     states: np.ndarray
     folder: Path
     build_seconds: float = 0.0
+    reused: bool = False
+    keep: bool = False
     _hooks: list[Any] = field(default_factory=list, repr=False)
     _patched: list[nn.Module] = field(default_factory=list, repr=False)
     _active: bool = field(default=False, repr=False)
@@ -122,18 +153,23 @@ class FrozenPrefixCache:
         device: torch.device | str = "cpu",
         autocast_dtype: torch.dtype | None = None,
         progress: bool = True,
+        keep: bool = False,
     ) -> "FrozenPrefixCache":
         """Run the embeddings and the first ``n_frozen`` blocks once over ``sequences`` and store what enters the next.
+
+        With ``keep``, a cache already in ``folder`` whose manifest matches (same frozen weights, sequences and
+        precision) is reused instead, and the folder outlives :meth:`close`.
 
         Args:
             model: an ``SCMModel`` (any model with ``.backbone`` in the HF decoder layout).
             n_frozen: number of frozen lower blocks, 1 .. number of blocks - 1.
             sequences: token ids, one list per example, in the order rows will be asked for.
-            folder: new or empty folder for the memory-mapped file.
+            folder: folder for the memory-mapped file (and its manifest).
             batch_size: sequences per forward (length-sorted, right-padded).
             device: where to run the frozen blocks.
             autocast_dtype: bf16/fp16 to compute as mixed-precision training would, or None (fp32).
             progress: show a progress bar.
+            keep: reuse a matching cache in ``folder`` and keep the folder after training.
 
         Returns:
             The cache (not yet attached to the model: see :meth:`attach`).
@@ -155,7 +191,13 @@ class FrozenPrefixCache:
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         folder = Path(folder)
+        manifest = fingerprint(model, n_frozen, sequences, autocast_dtype) if keep else None
+        if keep and (folder / "manifest.json").is_file() and read_json(folder / "manifest.json") == manifest:
+            states = np.load(folder / "states.npy", mmap_mode="r")
+            return cls(n_frozen=n_frozen, hidden_size=hidden, offsets=offsets, states=states, folder=folder,
+                       reused=True, keep=True)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "manifest.json").unlink(missing_ok=True)  # a half-built cache must never look valid
         states = np.lib.format.open_memmap(folder / "states.npy", mode="w+", dtype=np.float32,
                                            shape=(int(offsets[-1]), hidden))
         captured: dict[str, torch.Tensor] = {}
@@ -189,8 +231,10 @@ class FrozenPrefixCache:
             handle.remove()
             model.train(was_training)
         states.flush()
+        if manifest is not None:
+            write_json(folder / "manifest.json", manifest)
         return cls(n_frozen=n_frozen, hidden_size=hidden, offsets=offsets, states=states, folder=folder,
-                   build_seconds=time.time() - started)
+                   build_seconds=time.time() - started, keep=keep)
 
     def rows(self, indices: Sequence[int], length: int) -> torch.Tensor:
         """Cached states of sequences ``indices``, right-padded with zeros to ``length``: ``(len, length, hidden)``."""
@@ -198,7 +242,7 @@ class FrozenPrefixCache:
         for i, index in enumerate(indices):
             start, end = int(self.offsets[index]), int(self.offsets[index + 1])
             n = min(end - start, length)
-            out[i, :n] = torch.from_numpy(np.asarray(self.states[start:start + n]))
+            out[i, :n] = torch.from_numpy(np.array(self.states[start:start + n]))  # a copy: the map may be read-only
         return out
 
     def attach(self, model: nn.Module) -> None:
@@ -241,10 +285,11 @@ class FrozenPrefixCache:
         self._active = False
 
     def close(self) -> None:
-        """Detach and delete the memory-mapped file."""
+        """Detach, and delete the memory-mapped file unless the cache is kept for later runs."""
         self.detach()
         self.states = np.empty((0, self.hidden_size), dtype=np.float32)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @dataclass

@@ -250,6 +250,9 @@ class CommonModelArguments:
     cache_frozen_prefix: bool = field(default=False, metadata={
         "help": "Run the --freeze-layers frozen blocks once over the data and train on their cached outputs "
                 "(exact; each epoch then runs only the trained blocks). See utils/frozen_prefix.py."})
+    prefix_cache_dir: str | None = field(default=None, metadata={
+        "help": "Keep the frozen-prefix cache here and reuse it in later runs with the same frozen weights and data "
+                "(default: a temporary folder in --output-dir, deleted after training)."})
     lora_rank: int = field(default=0, metadata={
         "help": "LoRA adapters of this rank on the blocks above --freeze-layers (0: off); merged into plain "
                 "weights before saving. See utils/lora.py."})

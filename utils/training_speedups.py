@@ -64,21 +64,25 @@ class TrainingSpeedups:
         device = self.train_args.device
         model.to(device)
         sequences = [r["input_ids"] for r in train_records] + [r["input_ids"] for r in eval_records]
+        keep = self.args.prefix_cache_dir is not None
+        folder = Path(self.args.prefix_cache_dir) if keep else Path(self.train_args.output_dir) / CACHE_FOLDER
         self.cache = FrozenPrefixCache.build(
-            model, self.args.freeze_layers, sequences, Path(self.train_args.output_dir) / CACHE_FOLDER,
+            model, self.args.freeze_layers, sequences, folder,
             batch_size=self.train_args.per_device_eval_batch_size, device=device,
-            autocast_dtype=self._autocast_dtype(), progress=not self.train_args.disable_tqdm)
+            autocast_dtype=self._autocast_dtype(), progress=not self.train_args.disable_tqdm, keep=keep)
         self.cache.attach(model)
         collator = PrefixCollator(collator, self.cache)
         train_ds = train_ds.add_column(ROW_COLUMN, list(range(len(train_records))))
         eval_ds = eval_ds.add_column(ROW_COLUMN, list(range(len(train_records), len(sequences))))
         diff = check_exact(model, collator, [train_ds[i] for i in range(min(4, len(train_ds)))], device,
                            self._autocast_dtype())
-        self.facts.update(cache_build_seconds=round(self.cache.build_seconds, 1), cache_tokens=int(self.cache.offsets[-1]),
-                          cache_check_max_abs_diff=diff)
-        self.logger.info("frozen-prefix cache: %d sequences, %d tokens through %d frozen blocks in %.0f s "
+        self.facts.update(cache_build_seconds=round(self.cache.build_seconds, 1), cache_reused=self.cache.reused,
+                          cache_tokens=int(self.cache.offsets[-1]), cache_check_max_abs_diff=diff)
+        self.logger.info("frozen-prefix cache: %d sequences, %d tokens through %d frozen blocks, %s "
                          "(cached vs uncached logits differ by %.1e)", len(sequences), self.cache.offsets[-1],
-                         self.args.freeze_layers, self.cache.build_seconds, diff)
+                         self.args.freeze_layers,
+                         f"reused from {folder}" if self.cache.reused else f"built in {self.cache.build_seconds:.0f} s",
+                         diff)
         return train_ds, eval_ds, collator
 
     def prepare_model(self, model: torch.nn.Module, trainable: int) -> tuple[torch.nn.Module, int]:

@@ -126,3 +126,25 @@ def test_a_backbone_that_rescales_inputs_embeds_fails_the_exactness_check(tmp_pa
     model.backbone.register_forward_pre_hook(rescale, with_kwargs=True)
     with pytest.raises(RuntimeError, match="does not feed inputs_embeds unchanged"):
         check_exact(model, PrefixCollator(PaddingCollator(pad_token_id=0), cache), features)
+
+
+def test_a_kept_cache_is_reused_only_while_weights_and_sequences_match(tmp_path):
+    model = _tiny_scm()
+    sequences = [f["input_ids"] for f in _features(3)]
+    folder = tmp_path / "kept"
+    first = FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True)
+    first_rows = first.rows([0, 1, 2], 12)
+    assert not first.reused and first_rows.abs().sum() > 0
+    first.close()
+    assert (folder / "manifest.json").is_file()  # kept for later runs
+    again = FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True)
+    assert again.reused and again.build_seconds == 0.0
+    torch.testing.assert_close(again.rows([0, 1, 2], 12), first_rows)
+    other_data = FrozenPrefixCache.build(model, 2, sequences[:2], folder, progress=False, keep=True)
+    assert not other_data.reused
+    before = other_data.rows([1], 9)
+    with torch.no_grad():
+        model.backbone.layers[1].mlp.up_proj.weight.add_(0.5)  # a frozen block changed: its outputs change
+    other_weights = FrozenPrefixCache.build(model, 2, sequences[:2], folder, progress=False, keep=True)
+    assert not other_weights.reused
+    assert (other_weights.rows([1], 9) - before).abs().max() > 1e-3
