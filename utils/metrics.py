@@ -28,7 +28,9 @@ Conventions (fixed here so that every number in a report can be recomputed by ha
   Scores are compared rounded to 12 decimals, so mathematically equal values from different counts tie.
 - Stop delay: for a stopped response, ``share = (stop_index + 1) / n_response_tokens``: the share of its tokens the
   monitor had read when it fired, the stopping token included. The denominator counts every response token, also
-  under ``labelled`` counting (the unlabelled tokens were read too; they only never count towards k). Histogram
+  under ``labelled`` counting (the unlabelled tokens were read too; they only never count towards k). The paper's
+  evaluation code computes no stop position: its protocol's delays here are those of its (theta, k), with the stop
+  at the token where its count of labelled flagged tokens reaches k, so they agree with its masking. Histogram
   bins are (0, 10%], (10%, 20%], ..., (90%, 100%]: upper edges are inclusive, so a stop at exactly 10% is in the
   first bin; bins are computed in exact integer arithmetic.
 - Two means of that share: ``mean_share`` over the *stopped* responses of a class (the paper's "seen before
