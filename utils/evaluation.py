@@ -430,7 +430,9 @@ def score_causal(
 
     ``token``: the token scorer (softmax class 1) at each response position. ``holistic``: the holistic head
     applied at each response position (the public evaluation's way). Both depend only on the prefix ending at
-    that position because the backbone is causal. ``full_score``: the holistic head at the last real token.
+    that position because the backbone is causal. ``full_score``: the holistic head where the checkpoint's
+    ``holistic_pooling`` rule reads the whole sequence (the paper's ``last-non-pad``: the last token that is not the
+    pad id, so with Qwen2.5/SmolLM2 the last response token before the appended EOS; see ``holistic_index``).
 
     Returns:
         One :class:`ScoredExample` per example, in data order.
@@ -598,8 +600,9 @@ def run_evaluation(
         logger.warning("--max-length %d exceeds the model's %d positions; using %d", max_length,
                        checkpoint.max_positions, checkpoint.max_positions)
         max_length = checkpoint.max_positions
+    pooling = getattr(checkpoint.model.config, "holistic_pooling", None)  # causal checkpoints only
     model_info = {"path": str(checkpoint.path), "name": checkpoint.path.resolve().name, "task": task,
-                  "backbone_type": checkpoint.backbone_type}
+                  "backbone_type": checkpoint.backbone_type, "holistic_pooling": pooling}
     split_info: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     for split in splits:
@@ -616,8 +619,8 @@ def run_evaluation(
                              "examples_per_second": round(len(examples) / max(seconds[split], 1e-9), 2)}
         write_predictions(output_dir, split, prediction_records(examples, scored), {
             "script": script, "checkpoint": portable_path(checkpoint.path), "model_task": task,
-            "data_dir": portable_path(args.data_dir),
-            "scorers": list(scorers), "max_length": max_length, "truncated": truncated, "device": str(device),
+            "data_dir": portable_path(args.data_dir), "scorers": list(scorers), "holistic_pooling": pooling,
+            "max_length": max_length, "truncated": truncated, "device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         logger.info("%s: scored %d examples in %.1f s", split, len(examples), seconds[split])

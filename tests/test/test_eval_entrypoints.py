@@ -40,7 +40,8 @@ def _save(model, tokenizer_source: Path, folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def scm_checkpoint(tmp_path_factory, tiny_causal_backbone) -> Path:
     torch.manual_seed(0)
-    model = SCMModel(SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), task="scm"))
+    # Pad id = the data's EOS (id 0 in the tiny data), as with Qwen2.5 and SmolLM2.
+    model = SCMModel(SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), task="scm", pooling_pad_token_id=0))
     return _save(model, tiny_causal_backbone, tmp_path_factory.mktemp("scm-ckpt"))
 
 
@@ -140,6 +141,9 @@ def test_qwen_partial_scm_end_to_end(scm_checkpoint, tiny_processed_data, tmp_pa
             assert prediction["full_score"] == pytest.approx(torch.softmax(whole.sequence_logits[0], -1)[1].item(),
                                                              abs=2e-6)
             assert prediction["token_labels"] == record["token_labels"][start:-1]  # the EOS is not a response token
+            # The paper's pooling with pad == EOS: the full-response score is the last response token's holistic score.
+            assert prediction["full_score"] == pytest.approx(prediction["scores"]["holistic"][-1], abs=2e-6)
+    assert json.loads((out / "predictions-test.meta.json").read_text())["holistic_pooling"] == "last-non-pad"
     report = (out / "report.md").read_text()
     assert "| SCM (" in report and "partial* (token)" in report and "partial* (holistic)" in report
 
