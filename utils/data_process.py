@@ -14,13 +14,14 @@ Commands (from the repository root; ``scripts/run-data.sh OUTPUT_DIR TOKENIZER_P
     # a quick run: 50 examples of the test split only, two worker processes
     python -m utils.data_process --output-dir /tmp/q --tokenizer-path PATH --splits test --limit 50 --num-workers 2
 
-Per example the ids are ``[BOS] + tokens(prompt + "\\n\\n") + for each sentence: tokens(sentence) + tokens("\\n")
-+ [EOS]``, every piece encoded on its own without special tokens. BOS falls back to CLS and EOS to SEP; either is
-left out when the tokenizer has neither (Qwen2.5 base has no BOS; a WordPiece tokenizer encodes "\\n" to nothing,
-so there is then no newline token). Labels: -100 for BOS, prompt and EOS; a sentence token is 1 when any word
-aligned to it is harmful, 0 when it aligns only to benign words, -100 when it aligns to no word; newline tokens
-are 0. Words are aligned to tokens with ``spacy_alignments.get_alignments(words, [tokenizer.decode([t]) ...])``,
-a character-level alignment that ignores whitespace, case and accents.
+Per example the ids are ``[BOS] + tokens(prompt + "\\n\\n") + for each sentence: tokens(sentence) + tokens("\\n") +
+[EOS]``, every piece encoded on its own as plain text (a string such as ``<|im_end|>`` in a prompt or response is
+encoded as ordinary text, never as a control token: ``utils/text_encoding.py``). BOS falls back to CLS and EOS to
+SEP; either is left out when the tokenizer has neither (Qwen2.5 base has no BOS; a WordPiece tokenizer encodes "\\n"
+to nothing, so there is then no newline token). Labels: -100 for BOS, prompt and EOS; a sentence token is 1 when any
+word aligned to it is harmful, 0 when it aligns only to benign words, -100 when it aligns to no word; newline tokens
+are 0. Words are aligned to tokens with ``spacy_alignments.get_alignments(words, [tokenizer.decode([t]) ...])``, a
+character-level alignment that ignores whitespace, case and accents.
 
 Output (docs/ARCHITECTURE.md): ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (``id``, ``input_ids``,
 ``token_labels``, ``sequence_labels``, ``response_start``) and ``meta.json``. All input is validated before
@@ -43,6 +44,7 @@ from tqdm.auto import tqdm
 
 from utils.fineharm import SPLITS, load_fineharm, response_label
 from utils.io_utils import staged_output_dir, write_json, write_jsonl
+from utils.text_encoding import encode_texts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FORMAT_VERSION = 1
@@ -153,8 +155,9 @@ class ExampleEncoder:
         self._pieces: dict[int, str] = {}
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        # verbose=False: examples longer than model_max_length are expected (training truncates), not an error.
-        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        # As plain text: a response that mentions "<|im_end|>" is words, never the control token (the streaming
+        # runtime encodes prompts and responses the same way; see utils/text_encoding.py).
+        return encode_texts(self.tokenizer, texts)
 
     def _piece(self, token_id: int) -> str:
         piece = self._pieces.get(token_id)
@@ -348,6 +351,9 @@ def build_meta(args: DataProcessArguments, tokenizer, encoder: ExampleEncoder, s
         "eos_appended": encoder.end_id is not None,
         "newline_token_ids": list(encoder.newline_ids),
         "prompt_separator": PROMPT_SEPARATOR,
+        # Added-token strings in the text were encoded as ordinary text (utils/text_encoding.py), as the streaming
+        # runtime encodes prompts and responses.
+        "text_encoding": "plain",
         "source": _describe_path(args.input_dir),
         "limit": args.limit,
         "max_prompt_tokens": args.max_prompt_tokens,

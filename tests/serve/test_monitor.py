@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, StoppingC
 
 from model import SCMConfig, SCMModel
 from serve.monitor import (InvalidTokenError, StreamClosedError, StreamingMonitor, StreamLengthError,
-                             StreamStoppedError, encode_prompt, score_offline)
+                           StreamStoppedError, encode_prompt, score_offline)
 from serve.generate import MonitorStoppingCriteria
 from tests.tiny_checkpoints import build_tiny_scm, tiny_llama_config
 from utils.decision_rules import ConsecutiveN, DelayK
@@ -466,3 +466,99 @@ def test_smollm2_streaming_equals_offline():
         offline_token, offline_holistic = _offline(model, prompt, response)
         assert max(abs(a - b) for a, b in zip(token[i], offline_token)) <= 1e-4
         assert max(abs(a - b) for a, b in zip(holistic[i], offline_holistic)) <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------- memory (issue 11)
+
+
+def _assert_slabs_are_compact(monitor: StreamingMonitor) -> None:
+    """At least half of each slab's rows are live, and its capacity is within 3x its longest stream (or 128)."""
+    for slab in monitor._slabs.values():
+        lengths = [owner.length for owner in slab.owners if owner is not None]
+        assert lengths and 2 * len(lengths) >= slab.n_rows
+        assert slab.capacity <= max(3 * (max(lengths) + 1), 128)
+
+
+def test_memory_stays_proportional_to_what_open_streams_hold(tiny_model):
+    # The issue's scenario, scaled down: streams pushed in random subsets used to leave their old slabs alive, so
+    # 400 open streams needing 158 MB of KV held 2,353 MB, and one idle stream kept a 173 MB slab alive.
+    monitor = _never_stopping(tiny_model)
+    rng = random.Random(5)
+    states = []
+    for _ in range(4):
+        states += monitor.start_many(prompt_ids=[_ids(rng.randrange(10**6), rng.randint(3, 40)) for _ in range(20)])
+    idle = states[0]
+    for _ in range(30):
+        subset = [s for s in states[1:] if rng.random() < rng.choice([0.05, 0.3, 0.6, 0.95])]
+        if subset:
+            monitor.push_many(subset, [_ids(rng.randrange(10**6), rng.randint(1, 3)) for _ in subset])
+    stats = monitor.memory_stats()
+    assert stats["open_streams"] == 80 and stats["kv_bytes_needed"] > 0
+    _assert_slabs_are_compact(monitor)
+    # Short streams (about 50 tokens) make the 64-column headroom of a slab count: the bound is loose here.
+    assert stats["kv_bytes_held"] <= 6 * stats["kv_bytes_needed"], stats
+    assert idle._slab.n_rows <= 2  # the idle stream was compacted out of the big slabs
+    # Closing streams frees their slabs; closing all frees everything.
+    for state in states[::2]:
+        monitor.close(state)
+    half = monitor.memory_stats()
+    assert half["open_streams"] == 40 and half["kv_bytes_held"] <= 6 * half["kv_bytes_needed"], half
+    _assert_slabs_are_compact(monitor)
+    for state in states[1::2]:
+        monitor.close(state)
+    assert monitor.memory_stats() == {"open_streams": 0, "slabs": 0, "rows": 0, "kv_bytes_held": 0,
+                                      "kv_bytes_needed": 0}
+
+
+def test_compaction_keeps_scores_equal_to_offline(tiny_model):
+    monitor = _never_stopping(tiny_model)
+    prompts = [_ids(200 + i, 5 + i) for i in range(8)]
+    responses = [_ids(300 + i, 30) for i in range(8)]
+    states = monitor.start_many(prompt_ids=prompts)
+    streamed = [result.scores for result in monitor.push_many(states, [response[:10] for response in responses])]
+    for state in states[2:]:
+        monitor.close(state)  # at 3 of 8 live rows the slab is compacted into a 3-row one
+    assert states[0]._slab is states[1]._slab and states[0]._slab.n_rows == 3
+    for i in range(2):
+        streamed[i] += monitor.push(states[i], responses[i][10:]).scores
+        expected, _ = _offline(tiny_model, prompts[i], responses[i])
+        assert max(abs(a - b) for a, b in zip(streamed[i], expected)) <= FP32_TOLERANCE
+
+
+def test_a_long_stream_leaving_shrinks_the_slab(tiny_model):
+    monitor = _never_stopping(tiny_model)
+    long, short = monitor.start_many(prompt_ids=[_ids(1, 300), _ids(2, 5)])
+    monitor.push_many([long, short], [_ids(3, 100), [7]])
+    assert short._slab.capacity >= 400
+    monitor.close(long)
+    assert short._slab.capacity < 100 and monitor.memory_stats()["slabs"] == 1
+
+
+# ------------------------------------------------------------------------------------------- clear errors (issue 11)
+
+
+def test_misuse_of_the_api_gets_clear_errors(tiny_model):
+    import numpy as np
+
+    monitor = _never_stopping(tiny_model)
+    state = monitor.start(prompt_ids=[1, 2])
+    with pytest.raises(InvalidTokenError, match=r"got a single int64 .*wrap one id in a list"):
+        monitor.push(state, np.int64(5))
+    with pytest.raises(InvalidTokenError, match="got a single Tensor"):
+        monitor.push(state, torch.tensor(5))
+    with pytest.raises(TypeError, match="the prompt must be the prompt text"):
+        monitor.start(123)
+    with pytest.raises(TypeError, match="prompt 1 must be the prompt text"):
+        monitor.start_many(["fine", 123])
+    with pytest.raises(TypeError, match=r"close\(\) needs a StreamState .*got NoneType"):
+        monitor.close(None)
+    with pytest.raises(ValueError, match="got NoneType"):
+        monitor.push(None, [1])
+    assert state.length == 2 and len(monitor.push(state, [np.int64(5)]).scores) == 1
+
+
+def test_an_over_long_prompt_is_named_as_the_prompt(tiny_model):
+    monitor = _never_stopping(tiny_model)
+    with pytest.raises(StreamLengthError, match=r"prompt 1 is 600 tokens long .*maximum of 512 .*shorten the prompt"):
+        monitor.start_many(prompt_ids=[[1], [1] * 600])
+    assert monitor.memory_stats()["open_streams"] == 0  # nothing was opened
