@@ -568,6 +568,7 @@ class StreamingMonitor:
                                        holistic_probs[states[i]._row])
         return results
 
+    @torch.inference_mode()
     def close(self, state: StreamState) -> None:
         """Release a stream's KV cache row. Closing twice is harmless; pushing after close raises.
 

@@ -17,8 +17,8 @@ delta for one guard of the batch, a guard passed twice, the model raising inside
 At the end the decision (stop or not, and the stop position) equals the whole-text decision: the monitor's rule on
 the scores of the whole text pushed at once (a score within 1e-5 of theta may tip either way: counted, tolerated).
 
-The fast tier runs ``FAST_EXAMPLES`` batches of ``BATCH`` cases per tokenizer with a fixed seed; the slow tier
-(``-m slow``) runs ``SLOW_CASES`` cases per tokenizer::
+The fast tier runs ``FAST_EXAMPLES`` batches of ``BATCH / 2`` to ``BATCH`` cases per tokenizer with a fixed seed
+(about 1,170 cases each); the slow tier (``-m slow``) runs ``SLOW_CASES`` cases per tokenizer, 100K in all::
 
     .venv/bin/python -m pytest -q tests/serve/test_text_guard_properties.py -m "not slow"
     .venv/bin/python -m pytest -q tests/serve/test_text_guard_properties.py -m slow -s   # prints the counts
@@ -45,7 +45,7 @@ from utils.text_encoding import encode_text, plain_text_backend
 
 BATCH = 16
 FAST_EXAMPLES = 100  # x BATCH cases per tokenizer in the fast tier
-SLOW_CASES = 100_000  # per tokenizer in the slow tier
+SLOW_CASES = 50_000  # per tokenizer in the slow tier: 100K cases in all
 BORDERLINE = 1e-5
 PROMPT = "Tell me how it works."
 
@@ -117,27 +117,23 @@ class Run:
     finished: bool = False
 
 
+def _cut(sequence, sizes: list[int]) -> list:
+    """``sequence`` cut into pieces of the given sizes, cycled (a 0 is an empty piece), and the rest."""
+    pieces, at = [], 0
+    for size in sizes * (len(sequence) // max(1, sum(sizes)) + 1):
+        if at >= len(sequence):
+            break
+        pieces.append(sequence[at: at + size])
+        at += size
+    return pieces + [sequence[at:]]
+
+
 def _chunks(case: Case) -> tuple[list, str]:
     """The deltas of a case and the text the guard should receive from them."""
     if case.as_bytes:
         data = case.text.encode("utf-8", "surrogatepass")
-        pieces, at = [], 0
-        for size in case.sizes * (len(data) // max(1, sum(case.sizes)) + 1):
-            if at >= len(data):
-                break
-            pieces.append(data[at: at + size])
-            at += size
-        pieces.append(data[at:])
-        return pieces, data.decode("utf-8", "replace")
-    pieces, at = [], 0
-    text = case.text
-    for size in case.sizes * (len(text) // max(1, sum(case.sizes)) + 1):
-        if at >= len(text):
-            break
-        pieces.append(text[at: at + size])
-        at += size
-    pieces.append(text[at:])
-    return pieces, "".join(char for char in text if not "\ud800" <= char <= "\udfff")
+        return _cut(data, case.sizes), data.decode("utf-8", "replace")
+    return _cut(case.text, case.sizes), "".join(char for char in case.text if not "\ud800" <= char <= "\udfff")
 
 
 class Harness:
@@ -352,6 +348,7 @@ def test_the_hold_back_promise_holds_for_random_texts_chunkings_and_faults(harne
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)  # about an hour on a busy 2-core machine; the suite's default is 15 minutes
 def test_the_hold_back_promise_holds_over_100k_cases(harness, capsys):
     began = time.perf_counter()
     # Batches hold BATCH / 2 to BATCH cases: 3 / 4 * BATCH on average.
