@@ -236,7 +236,11 @@ class CommonModelArguments:
     """Options shared by both training scripts (the model-specific ones live in each script)."""
 
     base_model_path: str = field(metadata={"help": "Local folder of the backbone (HF format)."})
-    data_dir: str = field(metadata={"help": "Processed data folder (train.jsonl, val.jsonl) from scripts/run-data.sh."})
+    data_dir: list[str] = field(metadata={"help": "Processed data folder(s) (train.jsonl, val.jsonl) from "
+                                          "scripts/run-data.sh; several folders are mixed (see --data-weights)."})
+    data_weights: list[float] | None = field(default=None, metadata={"help": "One weight per --data-dir folder "
+                                             "for the training split (2 = every example twice, 0.5 = a random "
+                                             "half); default 1 each. Validation is concatenated unweighted."})
     max_length: int = field(default=4096, metadata={"help": "Truncate longer examples (counted and reported)."})
     limit_train: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
     limit_eval: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
@@ -317,7 +321,7 @@ def run_training(
 
     from transformers import set_seed
 
-    from utils.processed_data import check_vocabulary, load_meta, load_split
+    from utils.processed_data import load_training_data
 
     started = time.time()
     precision = resolve_precision(train_args, args.precision)
@@ -326,8 +330,8 @@ def run_training(
     lr_decay = args.lr_decay if args.lr_decay is not None else default_lr_decay
     set_seed(train_args.seed)
 
-    train_records = load_split(args.data_dir, "train", args.limit_train)
-    eval_records = load_split(args.data_dir, "val", args.limit_eval)
+    data = load_training_data(args.data_dir, args.data_weights, args.limit_train, args.limit_eval, train_args.seed)
+    train_records, eval_records = data.train, data.val
     train_records, train_truncated = truncate_records(train_records, args.max_length, keep_last_id)
     eval_records, eval_truncated = truncate_records(eval_records, args.max_length, keep_last_id)
     if train_truncated or eval_truncated:
@@ -338,7 +342,7 @@ def run_training(
     # Mixed precision keeps fp32 master weights; the Trainer autocasts to bf16/fp16.
     model.float()
     vocab = model.get_input_embeddings().num_embeddings
-    check_vocabulary(train_records + eval_records, vocab, args.data_dir, args.base_model_path)
+    data.check_vocabulary(vocab, args.base_model_path)
     trainable = freeze_lower_layers(model, args.freeze_layers)
     # Padded positions are masked out, so any in-vocabulary id works; prefer the tokenizer's own pad/eos.
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None and t < vocab), 0)
@@ -370,7 +374,7 @@ def run_training(
     RunSummary(
         arguments={"model": asdict(args), "training": train_args.to_dict(), "lr_decay": lr_decay,
                    "precision": precision, "command": " ".join(sys.argv)},
-        data={"data_dir": str(args.data_dir), "meta": load_meta(args.data_dir),
+        data={**data.describe(),
               "train_examples": len(train_records), "val_examples": len(eval_records),
               "train_truncated": train_truncated, "val_truncated": eval_truncated, "max_length": args.max_length},
         model={**model_info, "parameters": sum(p.numel() for p in model.parameters()),

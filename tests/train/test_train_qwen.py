@@ -92,3 +92,18 @@ def test_missing_backbone_names_the_fix(tiny_processed_data, tmp_path):
 def test_unknown_flag_is_an_error():
     with pytest.raises(SystemExit):
         parse_args(["--base-model-path", "x", "--data-dir", "y", "--alpah", "0.3"])
+
+
+def test_several_data_folders_with_weights(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_processed_data, other)
+    argv = ["--base-model-path", str(tiny_causal_backbone), "--data-dir", str(tiny_processed_data), str(other),
+            "--data-weights", "1", "0.25", "--output-dir", str(tmp_path / "mixed"), "--report-to", "none",
+            "--max-steps", "1"]
+    model_args, train_args = parse_args(argv)
+    assert model_args.data_dir == [str(tiny_processed_data), str(other)] and model_args.data_weights == [1.0, 0.25]
+    summary = json.loads((main(model_args, train_args) / "training_summary.json").read_text())
+    assert summary["data"]["train_examples"] == 48 + 12 and summary["data"]["val_examples"] == 24
+    assert [s["train"]["used"] for s in summary["data"]["sources"]] == [48, 12]
