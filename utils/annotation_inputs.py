@@ -201,7 +201,9 @@ def _chat_turns(record: dict, name: str, where: str) -> tuple[str, str]:
     return prompt, response
 
 
-def to_input_record(record: Any, mapping: FieldMap, where: str, source: str, split: Optional[str] = None) -> InputRecord:
+def to_input_record(
+    record: Any, mapping: FieldMap, where: str, source: str, split: Optional[str] = None
+) -> InputRecord:
     """Map one decoded record onto an :class:`InputRecord`.
 
     Args:

@@ -138,7 +138,9 @@ def segment_responses(
     return result
 
 
-def tokenise_sentences(nlp, sentence_lists: Sequence[Sequence[str]], show_progress: bool = True) -> list[list[Sentence | None]]:
+def tokenise_sentences(
+    nlp, sentence_lists: Sequence[Sequence[str]], show_progress: bool = True
+) -> list[list[Sentence | None]]:
     """Words and POS of given sentences, each tokenised as it is (never re-split).
 
     Args:
@@ -190,7 +192,8 @@ def word_labels(pos: Sequence[str], harmful: bool, notional_pos: Iterable[str] =
 # ------------------------------------------------------------------------------------------ refusal / disclaimer
 
 # Stripped from the start before matching: list markers, numbering, quotes, markdown emphasis, and discourse words.
-_LEAD = re.compile(r"""^(?:[\s"'“”‘’`*_#>•·\-–—(\[]+|\d+[.)]\s*|(?:step\s+\d+\s*:)\s*)+""", re.IGNORECASE)
+_LEAD = re.compile(r"""^(?:[\s"'“”‘’`*_#>•·\-–—(\[]+|\d+[.)]\s*|(?:step\s+\d+\s*:)\s*)+""",
+                   re.IGNORECASE)
 _DISCOURSE = re.compile(r"^(?:however|but|also|additionally|again|finally|lastly|that said|that being said|"
                         r"nevertheless|nonetheless|of course|in any case|in conclusion|overall|ok|okay)\s*[,:]?\s+",
                         re.IGNORECASE)

@@ -151,9 +151,9 @@ def convert_weights(files: list[Path], rename: Callable[[str], Optional[str]], e
             for name in handle.keys():
                 new = rename(name)
                 if new is None or new not in expected:
-                    raise ConversionError(f"{file}: tensor {name!r} is not part of {what} (expected names "
-                                          f"starting with {', '.join(sorted({k.split('.')[0] + '.' for k in expected}))})"
-                                          f"; is SRC the right kind of checkpoint?")
+                    prefixes = ", ".join(sorted({k.split(".")[0] + "." for k in expected}))
+                    raise ConversionError(f"{file}: tensor {name!r} is not part of {what} (its tensors are named "
+                                          f"{prefixes}* after renaming); is SRC the right kind of checkpoint?")
                 tensor = handle.get_tensor(name)
                 if tuple(tensor.shape) != expected[new]:
                     raise ConversionError(f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, but config.json "
@@ -169,7 +169,8 @@ def convert_weights(files: list[Path], rename: Callable[[str], Optional[str]], e
         raise ConversionError(f"{what}: SRC lacks tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
                               f"the checkpoint is incomplete")
     if len(files) > 1:
-        write_json(dst / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+        write_json(dst / INDEX_NAME,
+                   {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
 
 
 def copy_tokenizer(src: Path, dst: Path) -> list[str]:
