@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import SCMModel
+from model.modeling_qwen4dual_2CE_w_logic import POOLING_RULES, PAPER_POOLING, pooling_pad_id
 from utils.cli import parse_dataclasses
 from utils.training import CommonModelArguments, PaperTrainingArguments, load_tokenizer, run_training
 
@@ -45,6 +46,11 @@ class QwenModelArguments(CommonModelArguments):
     gamma: float | None = field(default=None, metadata={"help": "Logic-loss weight; default per task (scm 1, qwen-full 0)."})
     logic_reduce: str = field(default="max", metadata={"help": "Token aggregation in the logic loss.",
                                                        "choices": ["max", "min", "avg"]})
+    holistic_pooling: str = field(default=PAPER_POOLING, metadata={
+        "help": "Where the holistic head reads a sequence: last-non-pad (the paper's: the last token whose id is not "
+                "the pad id; the pad id is the tokenizer's pad, else its EOS, so with Qwen2.5 and SmolLM2 the appended "
+                "EOS counts as padding) or last-attended (the last attended token, the EOS itself).",
+        "choices": list(POOLING_RULES)})
 
 
 @dataclass
@@ -88,6 +94,8 @@ def main(model_args: QwenModelArguments, train_args: QwenTrainingArguments) -> P
             logic_reduce=model_args.logic_reduce,
             task=model_args.task,
             scorer="token" if model_args.task == "scm" else "holistic",
+            holistic_pooling=model_args.holistic_pooling,
+            pooling_pad_token_id=pooling_pad_id(tokenizer),
         )
 
     batch = train_args.per_device_train_batch_size
@@ -99,7 +107,8 @@ def main(model_args: QwenModelArguments, train_args: QwenTrainingArguments) -> P
         default_lr_decay=0.999 if batch < 4 else 0.99,
         with_token_labels=True,
         keep_last_id=None,
-        model_info={"task": model_args.task, "alpha": alpha, "gamma": gamma},
+        model_info={"task": model_args.task, "alpha": alpha, "gamma": gamma,
+                    "holistic_pooling": model_args.holistic_pooling, "pooling_pad_token_id": pooling_pad_id(tokenizer)},
         logger=logger,
     )
 

@@ -20,8 +20,10 @@ remote code is dropped), weights are read with ``safetensors`` (one file or shar
 (``pytorch_model.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``) is refused: unpickling can run code.
 
 Holistic pooling: the paper's model reads the holistic head at the last position whose token id is not the pad id
-(Qwen's pad is its EOS, so a trailing EOS is skipped); this project's reads it at the last attended position. They
-agree on inputs that do not end with the pad id; the token head, which SCM uses at inference, is unaffected.
+(Qwen's pad is its EOS, so the appended EOS is skipped). The converted config records that rule
+(``holistic_pooling: last-non-pad``) with the released ``pad_token_id`` (``pooling_pad_token_id``), so the converted
+model's holistic scores are the released model's too; the reverse direction writes ``pooling_pad_token_id`` back as
+``pad_token_id``.
 
 Commands::
 
@@ -209,7 +211,7 @@ def paper_to_scm_config(config: dict[str, Any], theta: float, delay_k: int, sour
     """
     from transformers import AutoConfig
 
-    from model import SCMConfig
+    from model.modeling_qwen4dual_2CE_w_logic import PAPER_POOLING, SCMConfig
 
     model_type = config.get("model_type")
     if model_type in (None, "scm"):
@@ -224,14 +226,13 @@ def paper_to_scm_config(config: dict[str, Any], theta: float, delay_k: int, sour
     except (ValueError, KeyError) as err:
         raise ConversionError(f"config.json: backbone model_type {model_type!r} is not known to this transformers "
                               f"({err})") from err
+    # The paper's holistic head reads the last position whose id is not config.pad_token_id.
     scm = SCMConfig(backbone_config=backbone_config, alpha=float(config.get("alpha", 0.6)),
                     gamma=float(config.get("gamma", 1.0)), logic_reduce=config.get("logic_reduce", "max"),
-                    theta=theta, delay_k=delay_k, scorer="token", task="scm")
-    # Self-describing: where the weights came from and the paper's pooling rule (see the module docstring).
-    scm.converted_from = {"layout": f"paper code ({PAPER_ARCHITECTURE})", "source": source,
-                          "beta": config.get("beta"), "pad_token_id": config.get("pad_token_id"),
-                          "holistic_pooling": "last position whose token id is not pad_token_id"}
-    # TODO(holistic pooling): once SCMConfig carries the pooling rule explicitly, record the paper's rule there.
+                    theta=theta, delay_k=delay_k, scorer="token", task="scm", holistic_pooling=PAPER_POOLING,
+                    pooling_pad_token_id=config.get("pad_token_id"))
+    # Self-describing: where the weights came from.
+    scm.converted_from = {"layout": f"paper code ({PAPER_ARCHITECTURE})", "source": source, "beta": config.get("beta")}
     return scm
 
 
@@ -262,7 +263,8 @@ def to_scm(src: Path, dst: Path, theta: float, delay_k: int) -> dict[str, Any]:
 
 
 def scm_to_paper_config(config: dict[str, Any], pad_token_id: Optional[int]) -> dict[str, Any]:
-    """The paper code's ``config.json`` for a project SCM config.
+    """The paper code's ``config.json`` for a project SCM config (``pad_token_id``: the checkpoint's
+    ``pooling_pad_token_id`` when set, else the one given, else the backbone's).
 
     Raises:
         ConversionError: a backbone that the paper's Qwen2-only model cannot hold, or a non-SCM checkpoint.
@@ -279,7 +281,8 @@ def scm_to_paper_config(config: dict[str, Any], pad_token_id: Optional[int]) -> 
     return {**backbone, "architectures": [PAPER_ARCHITECTURE], "num_token_labels": 2, "num_sequence_labels": 2,
             "alpha": alpha, "beta": 1.0 - alpha, "gamma": float(config.get("gamma", 1.0)),
             "logic_reduce": config.get("logic_reduce", "max"),
-            "pad_token_id": pad_token_id if pad_token_id is not None else backbone.get("pad_token_id")}
+            "pad_token_id": next((p for p in (config.get("pooling_pad_token_id"), pad_token_id,
+                                              backbone.get("pad_token_id")) if p is not None), None)}
 
 
 def _tokenizer_pad_id(src: Path) -> Optional[int]:
@@ -317,7 +320,12 @@ def to_paper(src: Path, dst: Path) -> dict[str, Any]:
         convert_weights(files, lambda n: rename_prefix(n, reverse), expected, tmp, "this project's SCM checkpoint")
         write_json(tmp / "config.json", paper)
         copied = copy_tokenizer(src, tmp)
-    return {"direction": "to-paper", "tensors": len(expected), "shards": len(files), "tokenizer_files": copied}
+    summary = {"direction": "to-paper", "tensors": len(expected), "shards": len(files), "tokenizer_files": copied}
+    if config.get("holistic_pooling", "last-attended") != "last-non-pad":
+        # The paper's code pools at the last non-pad id; this checkpoint's holistic head was trained elsewhere.
+        summary["note"] = ("this checkpoint's holistic head reads the last attended position; the paper's code will "
+                           "read the last non-pad position (token scores are unaffected)")
+    return summary
 
 
 def _dst_names(files: list[Path]) -> set[str]:
@@ -364,6 +372,8 @@ def main(args: ConvertArguments) -> dict[str, Any]:
     print(f"[convert_checkpoint] {args.src} -> {args.dst} ({summary['direction']}: {summary['tensors']} tensors "
           f"from {summary['shards']} file(s), tokenizer files: {', '.join(summary['tokenizer_files']) or 'none'})",
           file=sys.stderr)
+    if "note" in summary:
+        print(f"[convert_checkpoint] note: {summary['note']}", file=sys.stderr)
     return summary
 
 

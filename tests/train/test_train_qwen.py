@@ -48,6 +48,16 @@ def test_qwen_full_uses_holistic_loss_only(tiny_causal_backbone, tiny_processed_
     out = _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "full", "--task", "qwen-full", "--max-steps", "2")
     model = SCMModel.from_pretrained(out)
     assert (model.config.alpha, model.config.gamma, model.config.task) == (0.0, 0.0, "qwen-full")
+    # The paper's pooling, with the tokenizer's pad id (Qwen2.5: <|endoftext|>, also its EOS) recorded.
+    assert (model.config.holistic_pooling, model.config.pooling_pad_token_id) == ("last-non-pad", 151643)
+
+
+def test_the_old_pooling_rule_is_a_named_option(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    out = _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "old", "--max-steps", "1",
+               "--holistic-pooling", "last-attended")
+    assert SCMModel.from_pretrained(out).config.holistic_pooling == "last-attended"
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["model"]["holistic_pooling"] == "last-attended"
 
 
 def test_resume_continues_from_last_checkpoint(tiny_causal_backbone, tiny_processed_data, tmp_path):

@@ -1,7 +1,7 @@
 """utils/convert_checkpoint.py on tiny synthetic checkpoints written in the paper code's layout: the converted model
 gives the scores of a reference forward written here (the paper's rule: token head on every position, holistic head
-at the last non-pad token), shards and tokenizer are handled, nothing from SRC runs, pickles are refused, and the
-reverse direction restores the original tensors."""
+at the last non-pad token, so an appended EOS that is the pad token is skipped), shards and tokenizer are handled,
+nothing from SRC runs, pickles are refused, and the reverse direction restores the original tensors."""
 
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ def write_paper_checkpoint(folder, tokenizer_dir, shards: int = 1, seed: int = 0
     return folder, backbone, heads
 
 
-def reference_scores(backbone, heads, ids):
+def reference_scores(backbone, heads, ids, mask):
     """The paper model's forward, written out: token probabilities and the holistic one at the last non-pad id."""
     with torch.no_grad():
-        hidden = backbone(input_ids=ids, attention_mask=(ids != PAD).long()).last_hidden_state
+        hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
         token = torch.softmax(hidden @ heads["token_classifier.weight"].T + heads["token_classifier.bias"], -1)[..., 1]
         last = (torch.arange(ids.shape[1]) * (ids != PAD)).argmax(-1)
         pooled = hidden[torch.arange(ids.shape[0]), last]
@@ -69,13 +69,15 @@ def reference_scores(backbone, heads, ids):
     return token, holistic
 
 
+# Row 2 ends with an attended EOS whose id is the pad id (as Qwen's data does), then two padding positions.
 BATCH = torch.tensor([[5, 17, 300, 42, 7, 99, 12], [8, 250, 31, 77, PAD, PAD, PAD]])
+MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]])
 
 
 def converted_scores(folder):
     model = SCMModel.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
-        out = model(input_ids=BATCH, attention_mask=(BATCH != PAD).long())
+        out = model(input_ids=BATCH, attention_mask=MASK)
     return torch.softmax(out.token_logits, -1)[..., 1], torch.softmax(out.sequence_logits, -1)[:, 1]
 
 
@@ -86,14 +88,20 @@ def test_converted_model_scores_like_the_reference(tmp_path, qwen_tokenizer_dir,
     assert summary == {"direction": "to-scm", "tensors": len(backbone.state_dict()) + 3, "shards": shards,
                        "tokenizer_files": summary["tokenizer_files"]}
     token, holistic = converted_scores(tmp_path / "scm")
-    ref_token, ref_holistic = reference_scores(backbone, heads, BATCH)
-    real = BATCH != PAD
+    ref_token, ref_holistic = reference_scores(backbone, heads, BATCH, MASK)
+    real = MASK.bool()
     assert torch.allclose(token[real], ref_token[real], atol=1e-6)
     assert torch.allclose(holistic, ref_holistic, atol=1e-6)
+    # The EOS position is not where the paper reads row 2: the rule matters for this input.
+    with torch.no_grad():
+        at_eos = SCMModel.from_pretrained(tmp_path / "scm", holistic_pooling="last-attended").eval()(
+            input_ids=BATCH, attention_mask=MASK).sequence_logits.softmax(-1)[1, 1]
+    assert abs(at_eos.item() - ref_holistic[1].item()) > 1e-4
     config = json.loads((tmp_path / "scm" / "config.json").read_text())
     assert (config["model_type"], config["task"], config["alpha"], config["gamma"]) == ("scm", "scm", 0.6, 1.0)
     assert (config["theta"], config["delay_k"], config["scorer"]) == (0.7, 3, "token")
-    assert config["converted_from"]["holistic_pooling"] == "last position whose token id is not pad_token_id"
+    assert (config["holistic_pooling"], config["pooling_pad_token_id"]) == ("last-non-pad", PAD)
+    assert config["converted_from"]["layout"] == "paper code (QwenForDualTask)"
     if shards > 1:
         index = json.loads((tmp_path / "scm" / "model.safetensors.index.json").read_text())
         assert set(index["weight_map"]) == set(SCMModel.from_pretrained(tmp_path / "scm").state_dict())
@@ -118,7 +126,7 @@ def test_streaming_runtime_loads_the_converted_checkpoint(tmp_path, qwen_tokeniz
     monitor = StreamingMonitor.from_pretrained(tmp_path / "scm", device="cpu", dtype="float32", theta=1.0, k=1)
     state = monitor.start(prompt_ids=BATCH[0, :3].tolist())
     streamed = [monitor.push(state, [t]).token_scores[0] for t in BATCH[0, 3:].tolist()]
-    ref_token, _ = reference_scores(backbone, heads, BATCH[:1])
+    ref_token, _ = reference_scores(backbone, heads, BATCH[:1], MASK[:1])
     assert streamed == pytest.approx(ref_token[0, 3:].tolist(), abs=1e-5)
 
 
@@ -134,8 +142,8 @@ def test_round_trip_restores_the_papers_tensors_and_config(tmp_path, qwen_tokeni
     config = json.loads((back / "config.json").read_text())
     assert config["architectures"] == ["QwenForDualTask"] and config["model_type"] == "qwen2"
     assert (config["num_token_labels"], config["alpha"], config["beta"], config["gamma"]) == (2, 0.6, 0.4, 1.0)
-    # The paper code sets pad_token_id from the tokenizer (Qwen: its EOS, <|endoftext|>).
-    assert config["pad_token_id"] == AutoTokenizer.from_pretrained(qwen_tokenizer_dir).pad_token_id
+    # The pad id the paper's holistic head skips survives the round trip.
+    assert config["pad_token_id"] == PAD
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path):
