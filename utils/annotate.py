@@ -231,13 +231,17 @@ def command_line(args: AnnotateArguments) -> str:
 
 
 def _sha256(path: str) -> str:
-    file = Path(path)
-    if not file.is_file():
+    """SHA-256 of an input file; of a FineHarm folder, over its split files in split order ("" if none)."""
+    source = Path(path)
+    files = [source / name for name in SPLIT_FILES.values() if (source / name).is_file()] if source.is_dir() \
+        else [source] if source.is_file() else []
+    if not files:
         return ""
     digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -508,6 +512,7 @@ def main(args: AnnotateArguments) -> dict[str, Any]:
         "judge": judge_facts,
         "notional_pos": list(args.notional_pos),
         "consistency_filter": args.consistency_filter,
+        "has_response_label": any(record.label is not None for record, _ in kept),
         "split_rule": split_rule,
         "sources": sources,
         "counts": {"read": read_total, "problems": len(problems.messages), "duplicates": duplicates,

@@ -38,6 +38,15 @@ def sentence_rule_text(facts: dict[str, Any]) -> str:
     return JUDGE_RULES[judge["kind"]].format(refusal=refusal, **facts["fields"], **judge)
 
 
+def _response_rule(facts: dict[str, Any]) -> str:
+    if not facts.get("has_response_label"):
+        return "any sentence label (the input has no response label)."
+    if not facts["consistency_filter"]:
+        return "the input's label, kept even where the sentence labels disagree (`--no-consistency-filter`)."
+    return ("the input's label (or any given sentence label); responses whose sentence labels disagree with it were "
+            "dropped (consistency filter: a harmful response needs a harmful sentence, a benign one has none).")
+
+
 def render_card(facts: dict[str, Any]) -> str:
     """The card's markdown.
 
@@ -79,10 +88,7 @@ def render_card(facts: dict[str, Any]) -> str:
         f"- **Sentence labels:** {sentence_rule_text(facts)}.",
         f"- **Word labels:** in a harmful sentence the notional words, spaCy Universal POS in "
         f"{', '.join(facts['notional_pos'])}, are 1 and every other word 0; every word of a benign sentence is 0.",
-        "- **Response label:** " + ("the input's label; responses whose sentence labels disagree with it were "
-                                   "dropped (consistency filter: a harmful response needs a harmful sentence, a "
-                                   "benign one has none)." if facts["consistency_filter"] else
-                                   "any sentence label (no consistency filter)."),
+        "- **Response label:** " + _response_rule(facts),
         f"- **Splits:** {facts['split_rule']}.",
     ]
     if facts["judge"]["kind"] == "propagate" and facts["judge"].get("refusal_rule"):

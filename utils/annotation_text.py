@@ -96,7 +96,7 @@ def spacy_description(nlp) -> dict[str, str]:
 
 def _sentence_from_tokens(tokens) -> Sentence | None:
     kept = [token for token in tokens if not token.is_space]
-    text = tokens.text.strip() if hasattr(tokens, "text") else ""
+    text = tokens.text.strip()
     if not kept or not text:
         return None
     return Sentence(text=text, words=[t.text for t in kept], pos=[t.pos_ for t in kept])

