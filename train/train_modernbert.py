@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from model import EncoderForSequenceClassification
 from utils.cli import parse_dataclasses
 from utils.training import CommonModelArguments, PaperTrainingArguments, load_tokenizer, run_training
@@ -62,9 +64,9 @@ def main(model_args: EncoderModelArguments, train_args: EncoderTrainingArguments
     tokenizer = load_tokenizer(model_args.base_model_path)
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
 
-    def build_model() -> EncoderForSequenceClassification:
+    def build_model(dtype: torch.dtype | None) -> EncoderForSequenceClassification:
         return EncoderForSequenceClassification.from_encoder(
-            model_args.base_model_path, attn_implementation=model_args.attn_implementation
+            model_args.base_model_path, dtype=dtype, attn_implementation=model_args.attn_implementation
         )
 
     return run_training(
@@ -73,6 +75,7 @@ def main(model_args: EncoderModelArguments, train_args: EncoderTrainingArguments
         model_args,
         train_args,
         default_lr_decay=0.995,
+        paper_dtype=torch.float32,  # the paper's code loads ModernBERT in fp32 and trains without autocast
         with_token_labels=False,
         keep_last_id=sep,
         model_info={"task": "encoder-full"},

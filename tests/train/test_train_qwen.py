@@ -102,3 +102,20 @@ def test_missing_backbone_names_the_fix(tiny_processed_data, tmp_path):
 def test_unknown_flag_is_an_error():
     with pytest.raises(SystemExit):
         parse_args(["--base-model-path", "x", "--data-dir", "y", "--alpah", "0.3"])
+
+
+def test_paper_precision_trains_bf16_weights_with_decay_on_every_parameter(tiny_causal_backbone, tiny_processed_data,
+                                                                           tmp_path):
+    out = _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "paper", "--max-steps", "2", "--paper-precision")
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert (summary["arguments"]["precision"], summary["arguments"]["weights_dtype"]) == ("paper", "bfloat16")
+    assert summary["arguments"]["training"]["bf16"] is False  # the weights are bf16, nothing autocasts
+    assert "every one" in summary["arguments"]["optimizer"]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.bfloat16}
+    model = SCMModel.from_pretrained(out, dtype=torch.bfloat16)
+    initial = SCMModel.from_backbone(str(tiny_causal_backbone), dtype=torch.bfloat16)
+    trained, start = dict(model.named_parameters()), dict(initial.named_parameters())
+    assert not torch.equal(trained["backbone.layers.0.mlp.up_proj.weight"], start["backbone.layers.0.mlp.up_proj.weight"])
