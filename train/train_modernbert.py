@@ -31,9 +31,10 @@ logger = logging.getLogger("train_modernbert")
 
 @dataclass
 class EncoderModelArguments(CommonModelArguments):
-    """Model and data options for the encoder baseline (ModernBERT's 8,192-token context is the default cap)."""
+    """Model and data options for the encoder baseline (the paper's scripts truncate at 4,096 tokens)."""
 
-    max_length: int = field(default=8192, metadata={"help": "Truncate longer examples, keeping the final SEP."})
+    max_length: int = field(default=4096, metadata={"help": "Truncate longer examples, keeping the final SEP "
+                                                            "(paper: 4096; ModernBERT's context is 8192)."})
 
 
 @dataclass
