@@ -8,8 +8,11 @@ Commands (the shell drivers chain exactly these)::
     # paper hyper-parameters: 1 epoch, batch 4 x accumulation 4, AdamW 2e-5, ExponentialLR 0.995 per step
     python -m train.train_modernbert --data-dir baseline_modernbert --base-model-path /path/to/ModernBERT-large \
         --output-dir baseline_modernbert-full
-    # multi-GPU
+    # multi-GPU (DDP through the Trainer: each process trains on its shard; --deepspeed CONFIG also works)
     accelerate launch --num_processes 8 -m train.train_modernbert --data-dir ... --base-model-path ... --output-dir ...
+    torchrun --nproc_per_node 8 -m train.train_modernbert --data-dir ... --base-model-path ... --output-dir ...
+    # the paper code's precision and optimiser: fp32 weights, no autocast, AdamW decaying every parameter
+    python -m train.train_modernbert --data-dir ... --base-model-path ... --output-dir ... --paper-precision
 
 Any ``transformers.TrainingArguments`` flag also works. Runs resume from the newest checkpoint unless ``--no-resume``.
 """

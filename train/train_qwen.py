@@ -15,9 +15,14 @@ Commands (the shell drivers chain exactly these)::
     # autocast on CUDA, no decay on biases and norms)
     python -m train.train_qwen --task scm --data-dir scm --base-model-path /path/to/Qwen2.5-0.5B --output-dir scm-0.5b \
         --paper-precision
-    # multi-GPU (data parallel through the Trainer's accelerate integration)
+    # multi-GPU: one process per GPU, each on its shard of the data, gradients averaged (DDP through the Trainer);
+    # --per-device-train-batch-size is per process, so 8 GPUs x 8 x accumulation 2 = 128 examples per step
     accelerate launch --num_processes 8 -m train.train_qwen --task scm --data-dir scm --base-model-path ... --output-dir ...
     torchrun --nproc_per_node 8 -m train.train_qwen --task scm ...
+    # DeepSpeed, as the paper's --deepspeed flag (needs `pip install deepspeed`)
+    torchrun --nproc_per_node 8 -m train.train_qwen --task scm ... --deepspeed ds_zero2.json
+    # CPU data parallel (gloo; accelerate launch --cpu starts one process only, so use torchrun)
+    torchrun --nproc_per_node 2 -m train.train_qwen --task scm ...
 
 Any ``transformers.TrainingArguments`` flag also works (``--max-steps 2``, ``--logging-steps 1``, ...). A run
 resumes from the newest ``checkpoint-*`` in ``--output-dir`` unless ``--no-resume``; the best checkpoint (lowest

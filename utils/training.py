@@ -10,12 +10,18 @@
   trains as the paper's code does: the weights themselves in the paper's dtype (bf16 for SCM/Qwen, whose backbone the
   paper loads in bf16; fp32 for the encoder), no autocast, and ``torch.optim.AdamW(model.parameters())`` with
   ``--weight-decay`` on every parameter, biases and norms included.
+- Distributed data parallel through the Trainer: ``torchrun``/``accelerate launch`` start one process per device,
+  each trains on its shard of every epoch, gradients are averaged, and rank 0 alone writes the final folder.
+  ``--deepspeed CONFIG`` is passed to the Trainer as in the paper's code (the ``deepspeed`` package must be
+  installed). On a machine without CUDA a distributed launch trains on the CPU over gloo.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -126,6 +132,32 @@ def use_length_grouping(args: TrainingArguments) -> None:
 
 
 PAPER_PRECISION = "paper"
+
+
+def launched_distributed() -> bool:
+    """Whether this process is one of several started by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def check_deepspeed(config: str | dict | None) -> None:
+    """Fail early and clearly on ``--deepspeed CONFIG`` that cannot work.
+
+    Raises:
+        ImportError: the ``deepspeed`` package is not installed.
+        FileNotFoundError: ``config`` names a JSON file that does not exist.
+    """
+    if not config:
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ImportError("--deepspeed needs the deepspeed package, which is not installed: `pip install deepspeed` "
+                          "(on a CUDA machine), or train without --deepspeed (plain data parallel through torchrun "
+                          "or accelerate launch)")
+    if isinstance(config, str) and not config.lstrip().startswith("{") and not Path(config).is_file():
+        raise FileNotFoundError(f"--deepspeed {config}: no such DeepSpeed config file; give the path of its JSON "
+                                f"(e.g. a ZeRO-2 config with \"bf16\": {{\"enabled\": \"auto\"}})")
 
 
 def resolve_precision(precision: str, paper_precision: bool = False) -> str:
@@ -303,6 +335,12 @@ class PaperTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         # Resolved before TrainingArguments.__post_init__, which derives the Trainer's autocast (mixed_precision)
         # and a DeepSpeed config's "auto" precision from bf16/fp16: setting them afterwards has no effect.
+        check_deepspeed(self.deepspeed)
+        if launched_distributed() and not torch.cuda.is_available():
+            # Without CUDA, accelerate builds a multi-process (gloo) state only when told to use the CPU; otherwise
+            # it initialises a process group but leaves the Trainer non-distributed, and every rank trains alone on
+            # all the data.
+            self.use_cpu = True
         explicit = "bf16" if self.bf16 else "fp16" if self.fp16 else None
         if explicit and self.precision == "auto":
             self.precision = explicit
@@ -412,7 +450,9 @@ def run_training(
     eval_metrics = trainer.evaluate()
 
     output_dir = Path(train_args.output_dir)
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir))  # every rank takes part (DeepSpeed gathers weights); rank 0 writes
+    if not trainer.is_world_process_zero():
+        return output_dir
     # The final folder is loaded without pickles: the Trainer's pickled arguments are recorded as JSON in
     # training_summary.json instead (checkpoint-* folders keep theirs for resuming).
     (output_dir / "training_args.bin").unlink(missing_ok=True)
@@ -423,7 +463,10 @@ def run_training(
                    "precision": precision, "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                    "optimizer": ("torch.optim.AdamW over all parameters, weight decay on every one (paper)" if paper
                                  else "Trainer AdamW, no weight decay on biases and norms"),
-                   "command": " ".join(sys.argv)},
+                   "command": " ".join(sys.argv), "world_size": train_args.world_size,
+                   "parallel_mode": train_args.parallel_mode.value,
+                   "examples_per_step": train_args.world_size * train_args.per_device_train_batch_size
+                   * train_args.gradient_accumulation_steps},
         data={"data_dir": str(args.data_dir), "meta": load_meta(args.data_dir),
               "train_examples": len(train_records), "val_examples": len(eval_records),
               "train_truncated": train_truncated, "val_truncated": eval_truncated, "max_length": args.max_length},
