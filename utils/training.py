@@ -299,6 +299,9 @@ class CommonModelArguments:
     limit_train: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
     limit_eval: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze embeddings + the first N blocks (cheap CPU runs)."})
+    length_grouping: bool = field(default=True, metadata={
+        "help": "Batch training examples of similar length (less padding). --no-length-grouping samples batches in "
+                "random order, as the paper's code does (it pads every batch to 4,096 tokens instead)."})
     attn_implementation: str | None = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2."})
     lr_decay: float | None = field(default=None, metadata={"help": "ExponentialLR gamma per optimisation step."})
     resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in --output-dir."})
@@ -408,7 +411,8 @@ def run_training(
     started = time.time()
     precision = train_args.precision
     paper = precision == PAPER_PRECISION
-    use_length_grouping(train_args)
+    if args.length_grouping:
+        use_length_grouping(train_args)
     train_args.label_names = ["token_labels", "sequence_labels"] if with_token_labels else ["sequence_labels"]
     lr_decay = args.lr_decay if args.lr_decay is not None else default_lr_decay
     set_seed(train_args.seed)
