@@ -4,9 +4,9 @@ tokens costs n forward passes. Prefix i is ``input_ids[:response_start + i + 1]`
 appended (``meta.json`` ``eos_appended``), so each prefix looks like a complete input, as in training.
 
 Prefixes are generated lazily and sorted by length inside a bounded buffer (``--batch-size`` x ``--buffer-batches``)
-for dynamic padding, so memory stays bounded whatever the split size. The same delay-k sweep, protocols (paper /
-leak-free), delay statistics and plots as ``test.test_qwen_partial`` follow, under the scorer name ``holistic``;
-full detection (the classifier on the whole input) is reported too.
+for dynamic padding, so memory stays bounded whatever the split size. The same delay-k sweep, protocols (paper,
+leak-free, leak-free early), delay statistics and plots as ``test.test_qwen_partial`` follow, under the scorer name
+``holistic``; full detection (the classifier on the whole input) is reported too.
 
 Commands (``bash scripts/run-modernbert-partial.sh test ...`` runs the first)::
 
