@@ -85,7 +85,10 @@ class TokenizerStep:
             ``normalized_text`` (nothing re-encoded).
         committed_chars: normalised characters committed afterwards.
         tail: the last :data:`WINDOW_CHARS` normalised characters of the pending text afterwards.
-        token_texts: the normalised text of each committed token.
+        token_texts: the normalised text of each committed token (a character that several byte-level tokens
+            share is in each of their texts).
+        token_pieces: the committed normalised text cut at the tokens' starts: one piece per token, together exactly
+            the newly committed text (a shared character goes to the last token that starts before it ends).
     """
 
     tokens: list[MonitoredToken]
@@ -97,6 +100,7 @@ class TokenizerStep:
     committed_chars: int
     tail: str
     token_texts: list[str]
+    token_pieces: list[str]
 
 
 def _normalizer_kinds(spec: dict | None) -> list[str]:
@@ -171,17 +175,18 @@ class IncrementalTokenizer:
         committed = self.committed_chars
         tokens: list[MonitoredToken] = []
         texts: list[str] = []
+        pieces: list[str] = []
         pending: str | None = None
         tail = (self._tail + normalized)[-WINDOW_CHARS:]
         if final or pending_chars <= FULL_ENCODE_CHARS or self._may_start_pre_token(normalized):
             pending = "".join(self._pending_parts) + normalized
-            tokens, texts, cut = self._commit(pending, committed, 0 if final else HELD_WORDS)
+            tokens, texts, pieces, cut = self._commit(pending, committed, 0 if final else HELD_WORDS)
             pending = pending[cut:]
             committed += cut
             tail = pending[-WINDOW_CHARS:]
         return TokenizerStep(tokens=tokens, raw_chars=len(text), normalized_text=normalized, boundaries=boundaries,
                              open_segment=open_segment, pending=pending, committed_chars=committed, tail=tail,
-                             token_texts=texts)
+                             token_texts=texts, token_pieces=pieces)
 
     def accept(self, step: TokenizerStep) -> None:
         """Apply a step from :meth:`propose` (the caller has had its tokens scored). Never raises."""
@@ -286,21 +291,30 @@ class IncrementalTokenizer:
         # text starts one (a window that starts inside a word only cuts that word short on both sides).
         return len(self._pre_tokenize(self._tail + normalized)) > len(self._pre_tokenize(self._tail))
 
-    def _commit(self, pending: str, base: int, keep_words: int) -> tuple[list[MonitoredToken], list[str], int]:
-        """Encode ``pending`` (which starts at normalised position ``base``); commit all but ``keep_words`` words."""
+    def _commit(
+        self, pending: str, base: int, keep_words: int
+    ) -> tuple[list[MonitoredToken], list[str], list[str], int]:
+        """Encode ``pending`` (which starts at normalised position ``base``); commit all but ``keep_words`` words.
+
+        Returns:
+            The committed tokens, their texts, the committed text cut at their starts, and the committed length.
+        """
         if not pending:
-            return [], [], 0
+            return [], [], [], 0
         encoding = self.encoder.encode(pending, add_special_tokens=False)
         ids, offsets, words = encoding.ids, encoding.offsets, encoding.word_ids
         distinct = list(dict.fromkeys(words))
         if len(distinct) <= keep_words:
-            return [], [], 0
+            return [], [], [], 0
         held = set(distinct[len(distinct) - keep_words:]) if keep_words else set()
         cut = next((i for i, word in enumerate(words) if word in held), len(ids))
         tokens = [MonitoredToken(ids[i], base + offsets[i][0], base + offsets[i][1]) for i in range(cut)]
         texts = [pending[offsets[i][0]: offsets[i][1]] for i in range(cut)]
         # The next pending text starts where the first held token starts, i.e. at a pre-token boundary.
-        return tokens, texts, (offsets[cut][0] if cut < len(ids) else len(pending))
+        end = offsets[cut][0] if cut < len(ids) else len(pending)
+        starts = [0] + [offsets[i][0] for i in range(1, cut)] + [end]
+        pieces = [pending[starts[i]: max(starts[i], starts[i + 1])] for i in range(cut)]
+        return tokens, texts, pieces, end
 
     def _self_check(self) -> None:
         tokenizer = self.tokenizer

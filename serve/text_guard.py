@@ -87,6 +87,8 @@ class GuardUpdate:
     Attributes:
         released: new text the user may see now (may be empty).
         token_ids, scores: the tokens monitored during this call and their scores.
+        token_texts: the text of each monitored token, in the tokenizer's normal form, cut so that together they are
+            exactly the newly scored text (a character that several byte-level tokens share goes to the last).
         stop: set on the call in which the monitor stopped the stream.
         stopped: whether the stream is stopped (in this or an earlier call).
         finished: whether the stream is over (finished or stopped).
@@ -95,6 +97,7 @@ class GuardUpdate:
     released: str = ""
     token_ids: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    token_texts: list[str] = field(default_factory=list)
     stop: GuardStop | None = None
     stopped: bool = False
     finished: bool = False
@@ -165,6 +168,25 @@ class TextStreamGuard:
         return self.released_text + "".join(self._unreleased_parts)
 
     @property
+    def scored_chars(self) -> int:
+        """Characters of :attr:`text` (from its start) that tokens the monitor has scored cover completely.
+
+        ``retokenizer.committed_chars`` counts the same in the tokenizer's normal form; for a tokenizer without a
+        normaliser (SmolLM2) the two are equal. In hold-back mode the released text never goes beyond this.
+        """
+        return self.retokenizer.raw_position(self.retokenizer.committed_chars)
+
+    @property
+    def unscored_text(self) -> str:
+        """The text received after :attr:`scored_chars` (held back, in hold-back mode)."""
+        if self.stop is not None:
+            return ""
+        text = "".join(self._unreleased_parts)
+        if self.hold_back or self.finished:
+            return text[self.scored_chars - self.released_chars:]
+        return self.text[self.scored_chars:]
+
+    @property
     def released_text(self) -> str:
         """Everything the user has been shown so far (without the stop notice)."""
         if len(self._released_parts) > 1:
@@ -231,6 +253,7 @@ class TextStreamGuard:
         if step.tokens is not None:
             tokens = step.tokens.tokens
             update.token_ids = [t.token_id for t in tokens]
+            update.token_texts = list(step.tokens.token_pieces)
             update.scores = list(result.scores) if result is not None else []
             self._decoder.setstate(step.decoder_state)
             retokenizer = self.retokenizer

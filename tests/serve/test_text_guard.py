@@ -374,3 +374,18 @@ def test_many_guards_start_in_one_batched_forward(scm, smol_tokenizer, monkeypat
     assert guards[0].state.n_response_tokens > 0
     with pytest.raises(ValueError, match="open stream of this monitor"):
         TextStreamGuard(monitor, state=guards[0].state)
+
+
+def test_token_texts_and_scored_chars_say_what_was_scored(qwen_tokenizer):
+    torch.manual_seed(0)
+    model = SCMModel(SCMConfig(backbone_config=tiny_llama_config(qwen_tokenizer).to_dict())).eval()
+    guard = TextStreamGuard(StreamingMonitor(model, qwen_tokenizer, rule=DelayK(10**9)), "p")
+    update = guard.feed("Hi 😀 o\u0308\u0323 ok then")
+    # Scored: "Hi", " 😀", " ", "ọ" (U+1ECD, NFC) and U+0308 in two byte-level tokens (the character goes to the
+    # last of them); " ok then" is held back.
+    assert update.token_texts == ["Hi", " \U0001f600", " ", "\u1ecd", "", "\u0308"]
+    assert len(update.token_texts) == len(update.scores) == 6
+    # In raw characters: the 3 raw characters o, U+0308, U+0323 became 2 normalised ones (U+1ECD U+0308).
+    assert guard.scored_chars == len("Hi 😀 o\u0308\u0323") and guard.unscored_text == " ok then"
+    assert guard.retokenizer.committed_chars == guard.scored_chars - 1
+    assert "".join(guard.finish().token_texts) == " ok then" and guard.unscored_text == ""

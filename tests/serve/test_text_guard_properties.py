@@ -112,6 +112,7 @@ class Run:
     starts: list[int]  # normalised start of each reference token
     released: str = ""
     scored: list[int] = field(default_factory=list)
+    scored_text: str = ""  # the token texts of the updates, joined
     next_chunk: int = 0
     stopped: bool = False
     finished: bool = False
@@ -208,14 +209,21 @@ def _check_update(harness: Harness, run: Run, update) -> None:
         assert update.released == "" and update.scores == [] and update.token_ids == []
     run.released += update.released
     run.scored += update.token_ids
+    run.scored_text += "".join(update.token_texts)
     assert guard.released_text == run.released
     assert run.effective.startswith(run.released), (run.case, run.released)
     assert run.scored == run.reference_ids[: len(run.scored)], run.case
-    assert len(update.scores) == len(update.token_ids)
+    assert len(update.scores) == len(update.token_ids) == len(update.token_texts)
+    # The token texts are exactly the scored text, and scored_chars is a raw prefix whose normal form lies in it.
+    first_unscored = run.starts[len(run.scored)] if len(run.scored) < len(run.starts) else len(run.normalized)
+    assert run.scored_text == run.normalized[:first_unscored], run.case
+    if not run.stopped and update.stop is None:
+        scored_form = harness.normalize(run.effective[: guard.scored_chars])
+        assert run.scored_text.startswith(scored_form)
+        assert guard.text[: guard.scored_chars] + guard.unscored_text == guard.text
     if run.case.hold_back:
         released_form = harness.normalize(run.released)
         assert run.normalized.startswith(released_form), run.case
-        first_unscored = run.starts[len(run.scored)] if len(run.scored) < len(run.starts) else len(run.normalized)
         assert len(released_form) <= first_unscored, (run.case, run.released, run.scored)
     if update.stop is not None:
         run.stopped = True
