@@ -38,6 +38,9 @@ class GatewayArguments:
         "help": "token or holistic (default: the checkpoint's).", "choices": ["token", "holistic"]})
     device: str = field(default="auto", metadata={
         "help": "Device of the monitor (and the local generator): auto (cuda if available), cpu, cuda, cuda:1."})
+    threads: int = field(default=0, metadata={
+        "help": "torch intra-op threads of the process (0: torch's choice). On a CPU shared with other work, fewer "
+                "threads than cores avoids the heavy slowdown of oversubscribed thread pools."})
     dtype: str | None = field(default=None, metadata={
         "help": "Monitor dtype: float32, bfloat16, float16 (default: the checkpoint's)."})
     hold_back: bool = field(default=True, metadata={
@@ -85,6 +88,8 @@ def check_args(args: GatewayArguments) -> None:
     if args.upstream is not None and not args.upstream.startswith(("http://", "https://")):
         raise ValueError(f"--upstream must be an http(s) base URL such as http://127.0.0.1:8001/v1, got "
                          f"{args.upstream!r}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
     for name in ("max_streams", "max_batch_streams", "max_pending_chars", "max_tokens", "retry_after"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def build_gateway(args: GatewayArguments) -> Gateway:
         raise FileNotFoundError(f"no monitor checkpoint at {args.model_path} (no config.json there): {hint}, or pass "
                                 f"--model-path FOLDER of an SCM checkpoint")
     device = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     monitor = StreamingMonitor.from_pretrained(path, theta=args.theta, k=args.k, rule=args.rule, scorer=args.scorer,
                                                device=device, dtype=args.dtype)
     if monitor.tokenizer is None:
@@ -150,7 +153,12 @@ def main(args: GatewayArguments) -> None:
     configure_logging(args.log_level)
     gateway = build_gateway(args)
     log.info(json.dumps({"event": "serving", "url": f"http://{args.host}:{args.port}", **gateway.describe()}))
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these handlers in place that is a
+    # no-op, so the process ends normally and writes its stats.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     asyncio.run(serve(gateway, args.host, args.port, args.shutdown_grace, args.log_level))
+    log.info(json.dumps({"event": "stopped"}))
     if args.stats_file:
         write_json(args.stats_file, gateway.scheduler.stats())
 
