@@ -25,7 +25,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -132,6 +135,48 @@ class GracefulServer(uvicorn.Server):
             loop = asyncio.get_event_loop()
             self._drain = loop.create_task(self.gateway.begin_shutdown(self.grace))
         super().handle_exit(sig, frame)
+
+
+class BackgroundServer:
+    """Serve an ASGI app with uvicorn in a background thread on ``host`` and a free port (tests, notebooks, tools).
+
+    Use as a context manager: entering starts the server and waits until it accepts connections; leaving stops it.
+
+    Args:
+        app: the ASGI app (e.g. ``create_app(gateway)``).
+        host: the address to bind.
+        start_timeout: seconds to wait for the start.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.start_timeout = start_timeout
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the server on {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+        self.sock.close()
 
 
 async def serve(gateway: Gateway, host: str, port: int, grace: float = 10.0, log_level: str = "info") -> None:

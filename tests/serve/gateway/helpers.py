@@ -8,8 +8,6 @@ some streams stop and others do not, away from any score (streamed and offline s
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,45 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import uvicorn
 
 from serve.gateway.app import Gateway, create_app
+from serve.gateway.server import BackgroundServer
 from serve.gateway.sources import LocalGenerator, Upstream
 from serve.gateway.detokenize import IncrementalDetokenizer
 from serve.monitor import StreamingMonitor, score_offline
 from test.scripted_upstream import ScriptedUpstream, UpstreamArguments, create_upstream_app
-
-
-class ServerThread:
-    """An ASGI app served by uvicorn in a background thread on 127.0.0.1 (a free port)."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=1)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "ServerThread":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        self.sock.close()
 
 
 def wait_until(condition, timeout: float = 10.0, message: str = "condition") -> None:
@@ -73,13 +39,13 @@ def load_monitor(path: Path, theta: float, k: int = 1, rule: str = "delay-k") ->
 
 
 @contextmanager
-def local_gateway(monitor: StreamingMonitor, generator, **options) -> Iterator[tuple[Gateway, ServerThread]]:
+def local_gateway(monitor: StreamingMonitor, generator, **options) -> Iterator[tuple[Gateway, BackgroundServer]]:
     """A local-mode gateway (tiny generator) served on loopback."""
     model, tokenizer = generator
     gateway = Gateway(monitor, generator=LocalGenerator(model, tokenizer, "tiny-generator"),
                       scheduler_options=options.pop("scheduler_options", None), **options)
     try:
-        with ServerThread(create_app(gateway)) as server:
+        with BackgroundServer(create_app(gateway)) as server:
             yield gateway, server
     finally:
         gateway.scheduler.stop()
@@ -87,12 +53,12 @@ def local_gateway(monitor: StreamingMonitor, generator, **options) -> Iterator[t
 
 @contextmanager
 def proxy_gateway(monitor: StreamingMonitor, upstream_url: str, timeout: float = 10.0,
-                  **options) -> Iterator[tuple[Gateway, ServerThread]]:
+                  **options) -> Iterator[tuple[Gateway, BackgroundServer]]:
     """A proxy-mode gateway in front of ``upstream_url`` (``.../v1``), served on loopback."""
     gateway = Gateway(monitor, upstream=Upstream(upstream_url, timeout=timeout),
                       scheduler_options=options.pop("scheduler_options", None), **options)
     try:
-        with ServerThread(create_app(gateway)) as server:
+        with BackgroundServer(create_app(gateway)) as server:
             yield gateway, server
     finally:
         gateway.scheduler.stop()
@@ -102,7 +68,7 @@ def proxy_gateway(monitor: StreamingMonitor, upstream_url: str, timeout: float =
 def scripted_upstream(responses: dict[str, str] | None = None, **settings) -> Iterator[tuple[ScriptedUpstream, str]]:
     """The scripted upstream server on loopback; yields its state and its ``/v1`` URL."""
     state = ScriptedUpstream(UpstreamArguments(**settings), responses=responses)
-    with ServerThread(create_upstream_app(state)) as server:
+    with BackgroundServer(create_upstream_app(state)) as server:
         yield state, f"{server.url}/v1"
 
 
