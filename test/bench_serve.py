@@ -45,7 +45,7 @@ import httpx
 import torch
 import transformers
 
-from test.bench_streaming import machine_info
+from test.bench_streaming import _int_list, machine_info
 from utils.cli import parse_dataclasses
 from utils.io_utils import atomic_write, read_json, write_json
 
@@ -70,16 +70,6 @@ class ServeBenchArguments:
                 "CPU with it)."})
     tiny: bool = field(default=False, metadata={"help": "Tiny random monitor, few streams: a smoke test."})
     startup_timeout: float = field(default=180.0, metadata={"help": "Seconds to wait for a server to start."})
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} takes comma-separated integers, e.g. {flag} 1,8,32; got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise ValueError(f"{flag} needs positive integers, got {text!r}")
-    return values
 
 
 def check_args(args: ServeBenchArguments) -> tuple[list[int], list[int]]:

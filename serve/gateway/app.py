@@ -74,7 +74,8 @@ class Gateway:
         self.monitor, self.upstream, self.generator = monitor, upstream, generator
         self.mode = "proxy" if upstream is not None else "local"
         self.model_name = model_name or (generator.name if generator is not None else "upstream")
-        self.chat_prompt, self.max_tokens, self.api_key, self.retry_after = chat_prompt, max_tokens, api_key, retry_after
+        self.chat_prompt, self.max_tokens = chat_prompt, max_tokens
+        self.api_key, self.retry_after = api_key, retry_after
         self.info = info or {}
         self.metrics = GatewayMetrics()
         self.scheduler = MonitorScheduler(monitor, observer=self.metrics, **(scheduler_options or {}))

@@ -85,8 +85,8 @@ def build_gateway(args: GatewayArguments) -> Gateway:
     check_args(args)
     path = Path(args.model_path)
     if not (path / "config.json").is_file():
-        hint = ("train it with `bash scripts/run-scm.sh` (no flags: SmolLM2-135M on the project's sample, a few CPU "
-                "minutes; `bash scripts/quickstart.sh` also does it)")
+        hint = ("train it with `bash scripts/run-scm.sh` (no flags: SmolLM2-135M on the project's sample, about 20 "
+                "minutes on an idle 2-core CPU; `bash scripts/quickstart.sh` also does it)")
         raise FileNotFoundError(f"no monitor checkpoint at {args.model_path} (no config.json there): {hint}, or pass "
                                 f"--model-path FOLDER of an SCM checkpoint")
     device = _device(args.device)

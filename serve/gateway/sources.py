@@ -230,7 +230,8 @@ class _Relay(StoppingCriteria):
     def __init__(self, run: "LocalRun", prompt_length: int) -> None:
         self.run, self.consumed = run, prompt_length
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None,
+                 **kwargs) -> torch.BoolTensor:
         run = self.run
         new = input_ids[0, self.consumed:].tolist()
         self.consumed = input_ids.shape[1]

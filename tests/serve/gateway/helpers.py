@@ -42,21 +42,20 @@ def load_monitor(path: Path, theta: float, k: int = 1, rule: str = "delay-k") ->
 def local_gateway(monitor: StreamingMonitor, generator, **options) -> Iterator[tuple[Gateway, BackgroundServer]]:
     """A local-mode gateway (tiny generator) served on loopback."""
     model, tokenizer = generator
-    gateway = Gateway(monitor, generator=LocalGenerator(model, tokenizer, "tiny-generator"),
-                      scheduler_options=options.pop("scheduler_options", None), **options)
-    try:
-        with BackgroundServer(create_app(gateway)) as server:
-            yield gateway, server
-    finally:
-        gateway.scheduler.stop()
+    with _served(Gateway(monitor, generator=LocalGenerator(model, tokenizer, "tiny-generator"), **options)) as pair:
+        yield pair
 
 
 @contextmanager
 def proxy_gateway(monitor: StreamingMonitor, upstream_url: str, timeout: float = 10.0,
                   **options) -> Iterator[tuple[Gateway, BackgroundServer]]:
     """A proxy-mode gateway in front of ``upstream_url`` (``.../v1``), served on loopback."""
-    gateway = Gateway(monitor, upstream=Upstream(upstream_url, timeout=timeout),
-                      scheduler_options=options.pop("scheduler_options", None), **options)
+    with _served(Gateway(monitor, upstream=Upstream(upstream_url, timeout=timeout), **options)) as pair:
+        yield pair
+
+
+@contextmanager
+def _served(gateway: Gateway) -> Iterator[tuple[Gateway, BackgroundServer]]:
     try:
         with BackgroundServer(create_app(gateway)) as server:
             yield gateway, server
