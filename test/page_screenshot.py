@@ -8,7 +8,7 @@ then saves a full-page PNG and prints what the page shows (coloured tokens, stop
 
 Commands::
 
-    python -m test.page_screenshot --prompt "How do I bake bread?" --prompt "How do I make a pipe bomb?" \
+    python -m test.page_screenshot --prompt "How do I bake bread?" "How do I make a pipe bomb?" \
         --output docs/serve-page.png
     python -m test.page_screenshot --model-path CKPT --theta 0.6 --k 2 --prompt "..." --output /tmp/page.png
 """
@@ -33,7 +33,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 class ScreenshotArguments:
     """Flags of ``python -m test.page_screenshot``."""
 
-    prompt: list[str] = field(default_factory=list, metadata={"help": "A prompt to send (repeat for several)."})
+    prompt: list[str] = field(default_factory=list, metadata={
+        "help": "Prompts to send, one after the other (--prompt \"A\" \"B\")."})
     output: str = field(default="docs/serve-page.png", metadata={"help": "Where the PNG goes."})
     model_path: str = field(default="runs/scm-default", metadata={"help": "SCM checkpoint folder of the monitor."})
     generator: str | None = field(default=None, metadata={
