@@ -199,3 +199,26 @@ def test_monitor_failure_fails_closed_by_default_and_open_when_configured(monito
             assert response.model_dump()["moderation"]["unmonitored"] is True
     finally:
         monitor.push_many = original
+
+
+def test_generator_with_another_tokenizer_is_monitored_through_the_text_guard(monitor, tmp_path, qwen_tokenizer_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.serve.gateway.helpers import expected_for_text
+    from tests.tiny_checkpoints import build_tiny_generator
+
+    folder = build_tiny_generator(tmp_path / "qwen-generator", qwen_tokenizer_dir, seed=1, varied=True)
+    generator = (AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder))
+    _operate(monitor, 1.0, 1)
+    with local_gateway(monitor, generator) as (gateway, server):
+        assert not gateway.ids_path
+        body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 30, "temperature": 0}
+        full = httpx.post(f"{server.url}/v1/completions", json=body).json()["choices"][0]["text"]
+        scores = expected_for_text(monitor, PROMPT, full).scores
+        _operate(monitor, theta_between(scores[:12], 1), 1)
+        expected = expected_for_text(monitor, PROMPT, full)
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused") as client:
+            chunks = list(client.completions.create(stream=True, **body))
+        assert "".join(c.choices[0].text for c in chunks) == expected.text
+        assert chunks[-1].choices[0].finish_reason == "content_filter"
+        assert chunks[-1].model_dump()["moderation"]["response_token_index"] == expected.stop_index
