@@ -83,7 +83,7 @@ class TokenizerStep:
         open_segment: raw text of the still open (last) segment afterwards.
         pending: normalised text after the commit point afterwards, or None when it is the old pending text plus
             ``normalized_text`` (nothing re-encoded).
-        committed_chars: normalised characters committed afterwards.
+        committed_normalized: normalised characters committed afterwards.
         tail: the last :data:`WINDOW_CHARS` normalised characters of the pending text afterwards.
         token_texts: the normalised text of each committed token (a character that several byte-level tokens
             share is in each of their texts).
@@ -97,7 +97,7 @@ class TokenizerStep:
     boundaries: list[tuple[int, int]]
     open_segment: str
     pending: str | None
-    committed_chars: int
+    committed_normalized: int
     tail: str
     token_texts: list[str]
     token_pieces: list[str]
@@ -141,7 +141,7 @@ class IncrementalTokenizer:
         # Encodes the already-normalised text (normalising twice would be harmless, but the offsets must be exact).
         self.encoder = plain_text_backend(tokenizer, normalizer=False)
         self._pre_tokenize = self.encoder.pre_tokenizer.pre_tokenize_str if self.encoder.pre_tokenizer else None
-        self.committed_chars = 0  # normalised characters committed
+        self.committed_normalized = 0  # characters of the normal form committed
         self.raw_chars = 0  # raw characters received
         self._open_segment = ""
         self._pending_parts: list[str] = []  # normalised text after the commit point
@@ -153,6 +153,14 @@ class IncrementalTokenizer:
             self._self_check()
 
     # ------------------------------------------------------------------------------------------------ public
+
+    @property
+    def committed_chars(self) -> int:
+        """Characters of the raw text that committed tokens cover completely (a segment boundary).
+
+        Equal to :attr:`committed_normalized` for a tokenizer without a normaliser.
+        """
+        return self.raw_position(self.committed_normalized)
 
     @property
     def identity(self) -> bool:
@@ -172,7 +180,7 @@ class IncrementalTokenizer:
         check_unicode(text, "the text")
         normalized, boundaries, open_segment = self._segment(text, final)
         pending_chars = self._pending_chars + len(normalized)
-        committed = self.committed_chars
+        committed = self.committed_normalized
         tokens: list[MonitoredToken] = []
         texts: list[str] = []
         pieces: list[str] = []
@@ -185,7 +193,7 @@ class IncrementalTokenizer:
             committed += cut
             tail = pending[-WINDOW_CHARS:]
         return TokenizerStep(tokens=tokens, raw_chars=len(text), normalized_text=normalized, boundaries=boundaries,
-                             open_segment=open_segment, pending=pending, committed_chars=committed, tail=tail,
+                             open_segment=open_segment, pending=pending, committed_normalized=committed, tail=tail,
                              token_texts=texts, token_pieces=pieces)
 
     def accept(self, step: TokenizerStep) -> None:
@@ -200,7 +208,7 @@ class IncrementalTokenizer:
         else:
             self._pending_parts = [step.pending] if step.pending else []
             self._pending_chars = len(step.pending)
-        self.committed_chars = step.committed_chars
+        self.committed_normalized = step.committed_normalized
         self._tail = step.tail
 
     def add(self, text: str) -> list[MonitoredToken]:

@@ -171,10 +171,11 @@ class TextStreamGuard:
     def scored_chars(self) -> int:
         """Characters of :attr:`text` (from its start) that tokens the monitor has scored cover completely.
 
-        ``retokenizer.committed_chars`` counts the same in the tokenizer's normal form; for a tokenizer without a
-        normaliser (SmolLM2) the two are equal. In hold-back mode the released text never goes beyond this.
+        The same as ``retokenizer.committed_chars``; ``retokenizer.committed_normalized`` counts the scored text in
+        the tokenizer's normal form (equal for a tokenizer without a normaliser, such as SmolLM2's). In hold-back
+        mode the released text never goes beyond this.
         """
-        return self.retokenizer.raw_position(self.retokenizer.committed_chars)
+        return self.retokenizer.committed_chars
 
     @property
     def unscored_text(self) -> str:
@@ -274,9 +275,9 @@ class TextStreamGuard:
                 if final or not self.hold_back:
                     target = retokenizer.raw_chars
                 else:
-                    target = retokenizer.raw_position(retokenizer.committed_chars)
+                    target = retokenizer.committed_chars
                 update.released = self._take_unreleased(target - self.released_chars)
-            retokenizer.forget(retokenizer.committed_chars)
+            retokenizer.forget(retokenizer.committed_normalized)
         update.stopped = self.stop is not None
         if final:
             self.finished = True

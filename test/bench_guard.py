@@ -1,9 +1,9 @@
 """Two stress scenarios of the streaming runtime (issue 11): KV memory under random batching, and the text guard's
 cost on one long unbroken word.
 
-- **memory**: ``--streams`` streams (400: ``start_many`` batches of 40 prompts of 5-60 tokens) are pushed in random subsets for
-  60 rounds (each round every stream but the first joins with a probability drawn from 5/20/50/90%, and gets 1-3
-  tokens); the first stream stays idle. Reported: the KV bytes the open streams need (their lengths times the bytes
+- **memory**: ``--streams`` streams (400: ``start_many`` batches of 40 prompts of 5-60 tokens) are pushed in random
+  subsets for 60 rounds (each round every stream but the first joins with a probability drawn from 5/20/50/90%, and
+  gets 1-3 tokens); the first stream stays idle. Reported: the KV bytes the open streams need (their lengths times the bytes
   of one token), the bytes all slabs hold, the number of slabs, and the slab that holds the idle stream. The
   backbone has SmolLM2-135M's KV shape per layer (3 KV heads of 64 dimensions, fp32) with ``--layers`` layers and a
   tiny MLP, so the bytes scale with the real model's while the pushes stay cheap.
