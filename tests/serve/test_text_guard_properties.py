@@ -360,8 +360,8 @@ def test_the_hold_back_promise_holds_for_random_texts_chunkings_and_faults(harne
 @pytest.mark.timeout(4 * 3600)  # about an hour on a busy 2-core machine; the suite's default is 15 minutes
 def test_the_hold_back_promise_holds_over_100k_cases(harness, capsys):
     began = time.perf_counter()
-    # Batches hold BATCH / 2 to BATCH cases: 3 / 4 * BATCH on average.
-    _property_test(harness, 4 * SLOW_CASES // (3 * BATCH))
+    # Batches hold BATCH / 2 to BATCH cases: about 11.7 on average with this seed (48,662 cases in 4,166 batches).
+    _property_test(harness, SLOW_CASES * 10 // 115)
     with capsys.disabled():
         print(f"\n{harness.name}: {harness.stats} in {time.perf_counter() - began:.0f} s")
-    assert harness.stats["cases"] >= SLOW_CASES * 0.9
+    assert harness.stats["cases"] >= SLOW_CASES
