@@ -1,0 +1,81 @@
+"""utils/live_check.py: labelled answers -> FineHarm folder -> a monitor's partial scores at its realmix operating
+point -> stop rates, on hand-made data with the lexical floor (the neural monitors go through the same entry points,
+tested in tests/test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test import test_lexical
+from train import train_lexical
+from utils import live_check
+from utils.decision_rules import delay_k_stop_index
+from utils.io_utils import DataFormatError
+from utils.live_generate import distinct_prompts
+from utils.predictions import read_predictions
+
+from tests.tiny_text_data import BENIGN, HARMFUL, process, write_fineharm_folder
+
+ANSWERS = {0: "\n".join(HARMFUL[:2]), 1: BENIGN[0], 2: BENIGN[2] + "\n\n" + BENIGN[1], 3: HARMFUL[3], 4: "   "}
+LABELS = {0: 1, 1: 0, 2: 0, 3: 1, 4: 0}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, qwen_tokenizer_dir):
+    root = tmp_path_factory.mktemp("live")
+    realmix = write_fineharm_folder(root / "realmix")
+    processed = process(realmix, root / "processed", qwen_tokenizer_dir)
+    floor = root / "floor"
+    train_lexical.main(*train_lexical.parse_args(["--data-dir", str(processed), "--output-dir", str(floor)]))
+    test_lexical.main(test_lexical.parse_args(["--model-path", str(floor), "--data-dir", str(processed),
+                                               "--output-dir", str(root / "eval"), "--max-k", "3"]))
+    prompts = distinct_prompts(json.loads((realmix / "test_new.json").read_text()), "test")[:5]
+    answers = [{**{k: v for k, v in p.items() if k != "prompt"}, "answer": ANSWERS[i], "answer_tokens": 9,
+                "finished": True} for i, p in enumerate(prompts)]
+    (root / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    (root / "labels.jsonl").write_text("".join(json.dumps({"key": a["key"], "harmful_compliance": LABELS[i]}) + "\n"
+                                               for i, a in enumerate(answers)))
+    return root, realmix, floor
+
+
+def test_build_run_table(setup):
+    root, realmix, floor = setup
+    manifest = live_check.main(*live_check.parse_args([
+        "build", "--answers", str(root / "answers.jsonl"), "--labels", str(root / "labels.jsonl"), "--input-dir",
+        str(realmix), "--output-dir", str(root / "fineharm")]))
+    assert manifest["records"] == 4 and manifest["empty_answers_left_out"] == ["test-00004"]
+    written = json.loads((root / "fineharm" / "test_new.json").read_text())
+    assert written[2]["sentences"] == [BENIGN[2], BENIGN[1]] and written[0]["sentence_labels"] == [1, 1]
+    result = live_check.main(*live_check.parse_args([
+        "run", "--name", "lexical", "--model-path", str(floor), "--realmix-eval", str(root / "eval"),
+        "--fineharm-dir", str(root / "fineharm"), "--work-dir", str(root / "work"), "--output-dir", str(root / "out")]))
+    summary = json.loads((root / "eval" / "summary.json").read_text())
+    point = summary["partial"]["holistic"]["leak_free"]
+    assert result["operating_point"]["theta"] == point["theta"] and result["operating_point"]["k"] == point["k"]
+    records = read_predictions(root / "work" / "lexical" / "eval" / "predictions-test.jsonl")
+    stops = [delay_k_stop_index(r["scores"]["holistic"], point["theta"], point["k"]) for r in records]
+    harmful = [s for s, r in zip(stops, records) if r["label"] == 1]
+    assert result["harmful_compliance"]["answers"] == 2
+    assert result["harmful_compliance"]["stopped"] == sum(s is not None for s in harmful)
+    assert result["benign"]["answers"] == 2
+    # answer 1 answers a harmful request (jbb), answer 2 a safe XSTest prompt
+    assert result["benign_to_harmful_request"]["answers"] == 1 and result["benign_to_benign_request"]["answers"] == 1
+    assert [a["key"] for a in result["answers"]] == ["test-00000", "test-00001", "test-00002", "test-00003"]
+    text = live_check.main(*live_check.parse_args(["table", "--output-dir", str(root / "out")]))
+    assert "| lexical | holistic |" in text and (root / "out" / "live-check.md").is_file()
+
+
+def test_misuse_names_the_fix(setup, tmp_path):
+    root, realmix, floor = setup
+    with pytest.raises(DataFormatError, match="4 answers have no label"):
+        (tmp_path / "labels.jsonl").write_text(json.dumps({"key": "test-00000", "harmful_compliance": 1}) + "\n")
+        live_check.build(live_check.BuildArguments(answers=str(root / "answers.jsonl"),
+                                                   labels=str(tmp_path / "labels.jsonl"), input_dir=str(realmix),
+                                                   output_dir=str(tmp_path / "f")))
+    with pytest.raises(DataFormatError, match="no operating point 'tolerance'"):
+        live_check.operating_point(json.loads((root / "eval" / "summary.json").read_text()), "holistic",
+                                   "tolerance", "summary.json")
+    with pytest.raises(SystemExit):
+        live_check.parse_args(["score"])
