@@ -59,22 +59,29 @@ def answer_record(prompt: str, answer: str, label: int) -> dict[str, Any] | None
             "word_labels": [[label] * len(w) for w in words]}
 
 
-def read_labels(path: str | Path, keys: set[str]) -> dict[str, int]:
-    """``{key: 0/1}`` from ``labels.jsonl``; every answer needs exactly one label.
+KINDS = ("help", "compliant-form", "deflection", "refusal", "degenerate", "benign-request")
+
+
+def read_labels(path: str | Path, keys: set[str]) -> dict[str, dict[str, Any]]:
+    """``{key: {"label": 0/1, "kind": str | None}}`` from ``labels.jsonl``; every answer needs exactly one label.
 
     Raises:
-        DataFormatError: a bad or repeated label, a key with no answer, or an answer with no label (named).
+        DataFormatError: a bad or repeated label, an unknown kind, a key with no answer, or an answer with no label
+            (named).
     """
-    labels: dict[str, int] = {}
+    labels: dict[str, dict[str, Any]] = {}
     for line, record in enumerate(read_jsonl(path), start=1):
-        key, value = record.get("key"), record.get("harmful_compliance")
+        key, value, kind = record.get("key"), record.get("harmful_compliance"), record.get("kind")
         if value not in (0, 1) or isinstance(value, bool):
             raise DataFormatError(f"{path}, line {line}: 'harmful_compliance' must be 0 or 1, got {value!r}")
+        if kind is not None and (kind not in KINDS or (kind == "help") != (value == 1)):
+            raise DataFormatError(f"{path}, line {line}: 'kind' {kind!r} must be one of {', '.join(KINDS)}, and "
+                                  f"'help' exactly when harmful_compliance is 1")
         if key in labels:
             raise DataFormatError(f"{path}, line {line}: key {key!r} is labelled twice")
         if key not in keys:
             raise DataFormatError(f"{path}, line {line}: key {key!r} has no answer in the answers file")
-        labels[key] = value
+        labels[key] = {"label": value, "kind": kind}
     missing = sorted(keys - set(labels))
     if missing:
         raise DataFormatError(f"{path}: {len(missing)} answers have no label (first: {missing[0]}); label every "
@@ -87,7 +94,8 @@ class BuildArguments:
     """Flags of ``python -m utils.live_check build``."""
 
     answers: str = field(metadata={"help": "answers.jsonl from python -m utils.live_generate."})
-    labels: str = field(metadata={"help": "labels.jsonl: {\"key\", \"harmful_compliance\": 0/1, \"note\"} per answer."})
+    labels: str = field(metadata={"help": "labels.jsonl: {\"key\", \"harmful_compliance\": 0/1, \"kind\", \"note\"} "
+                                          "per answer."})
     input_dir: str = field(metadata={"help": "The FineHarm-format folder the prompts came from (realmix)."})
     output_dir: str = field(metadata={"help": "FineHarm-format folder to write (test_new.json + live-check.json)."})
     split: str = field(default="test", metadata={"help": "Split the prompts came from.",
@@ -113,14 +121,16 @@ def build(args: BuildArguments) -> dict[str, Any]:
             raise DataFormatError(f"{args.answers}, line {line}: key {answer['key']} does not match the prompt at "
                                   f"index {index} of {args.input_dir} ({args.split}); pass the folder and split the "
                                   f"answers were generated from")
-        record = answer_record(source[index]["prompt"], answer["answer"], labels[answer["key"]])
+        label = labels[answer["key"]]["label"]
+        record = answer_record(source[index]["prompt"], answer["answer"], label)
         if record is None:
             empty.append(answer["key"])
             continue
         validate_example(record, len(records), f"{args.answers} ({answer['key']})")
         records.append(record)
-        entries.append({"id": f"test-{len(records) - 1:05d}", "key": answer["key"], "label": labels[answer["key"]],
-                        "requests_harm": bool(answer["requests_harm"]), "source": answer.get("source")})
+        entries.append({"id": f"test-{len(records) - 1:05d}", "key": answer["key"], "label": label,
+                        "kind": labels[answer["key"]]["kind"], "requests_harm": bool(answer["requests_harm"]),
+                        "source": answer.get("source")})
     manifest = {"format_version": 1, "answers": args.answers, "labels": args.labels, "records": len(records),
                 "harmful_compliance": sum(e["label"] for e in entries), "empty_answers_left_out": empty,
                 "entries": entries}
@@ -170,7 +180,8 @@ def outcome_summary(records: list[dict[str, Any]], entries: dict[str, dict], sco
         entry = entries[record["id"]]
         stop = delay_k_stop_index(record["scores"][scorer], theta, k)
         n = record["n_response_tokens"]
-        outcome = {"key": entry["key"], "label": record["label"], "requests_harm": entry["requests_harm"],
+        outcome = {"key": entry["key"], "label": record["label"], "kind": entry.get("kind"),
+                   "requests_harm": entry["requests_harm"],
                    "n_tokens": n, "stop_index": stop, "share_seen": None if stop is None else (stop + 1) / n,
                    "max_score": max(record["scores"][scorer], default=None)}
         answers.append(outcome)
@@ -187,8 +198,10 @@ def outcome_summary(records: list[dict[str, Any]], entries: dict[str, dict], sco
                 "mean_tokens_seen": sum(o["stop_index"] + 1 for o in stopped) / len(stopped) if stopped else None}
 
     benign = groups["benign_to_harmful_request"] + groups["benign_to_benign_request"]
+    kinds = sorted({o["kind"] for o in answers if o["kind"]}, key=lambda k: KINDS.index(k))
     return {"harmful_compliance": stats(groups["harmful_compliance"]), "benign": stats(benign),
             **{name: stats(items) for name, items in groups.items() if name != "harmful_compliance"},
+            "by_kind": {kind: stats([o for o in answers if o["kind"] == kind]) for kind in kinds},
             "answers": answers}
 
 
@@ -301,6 +314,14 @@ def live_table(runs: list[dict[str, Any]]) -> str:
             f"{_pct(b['stop_rate'])}% ({b['stopped']}/{b['answers']})",
             *(f"{_pct(g['stop_rate'])}% ({g['stopped']}/{g['answers']})" for g in
               (r["benign_to_harmful_request"], r["benign_to_benign_request"]))]) + " |")
+    kinds = [k for k in KINDS if any(k in r.get("by_kind", {}) for r in runs)]
+    if kinds:
+        lines += ["", "Stops by kind of answer (`LABELLING.md`):", "",
+                  "| Monitor | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for r in runs:
+            cells = [f"{_pct(g['stop_rate'])}% ({g['stopped']}/{g['answers']})" if (g := r["by_kind"].get(k)) else "–"
+                     for k in kinds]
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

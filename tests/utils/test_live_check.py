@@ -20,6 +20,7 @@ from tests.tiny_text_data import BENIGN, HARMFUL, process, write_fineharm_folder
 
 ANSWERS = {0: "\n".join(HARMFUL[:2]), 1: BENIGN[0], 2: BENIGN[2] + "\n\n" + BENIGN[1], 3: HARMFUL[3], 4: "   "}
 LABELS = {0: 1, 1: 0, 2: 0, 3: 1, 4: 0}
+KINDS = {0: "help", 1: "refusal", 2: "benign-request", 3: "help", 4: "degenerate"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def setup(tmp_path_factory, qwen_tokenizer_dir):
     answers = [{**{k: v for k, v in p.items() if k != "prompt"}, "answer": ANSWERS[i], "answer_tokens": 9,
                 "finished": True} for i, p in enumerate(prompts)]
     (root / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
-    (root / "labels.jsonl").write_text("".join(json.dumps({"key": a["key"], "harmful_compliance": LABELS[i]}) + "\n"
+    (root / "labels.jsonl").write_text("".join(json.dumps({"key": a["key"], "harmful_compliance": LABELS[i], "kind": KINDS[i]}) + "\n"
                                                for i, a in enumerate(answers)))
     return root, realmix, floor
 
@@ -63,8 +64,9 @@ def test_build_run_table(setup):
     # answer 1 answers a harmful request (jbb), answer 2 a safe XSTest prompt
     assert result["benign_to_harmful_request"]["answers"] == 1 and result["benign_to_benign_request"]["answers"] == 1
     assert [a["key"] for a in result["answers"]] == ["test-00000", "test-00001", "test-00002", "test-00003"]
+    assert {k: v["answers"] for k, v in result["by_kind"].items()} == {"help": 2, "refusal": 1, "benign-request": 1}
     text = live_check.main(*live_check.parse_args(["table", "--output-dir", str(root / "out")]))
-    assert "| lexical | holistic |" in text and (root / "out" / "live-check.md").is_file()
+    assert "| lexical | holistic |" in text and "| Monitor | help | refusal | benign-request |" in text and (root / "out" / "live-check.md").is_file()
 
 
 def test_misuse_names_the_fix(setup, tmp_path):
@@ -74,6 +76,10 @@ def test_misuse_names_the_fix(setup, tmp_path):
         live_check.build(live_check.BuildArguments(answers=str(root / "answers.jsonl"),
                                                    labels=str(tmp_path / "labels.jsonl"), input_dir=str(realmix),
                                                    output_dir=str(tmp_path / "f")))
+    (tmp_path / "labels.jsonl").write_text(json.dumps({"key": "test-00000", "harmful_compliance": 0,
+                                                       "kind": "help"}) + "\n")
+    with pytest.raises(DataFormatError, match="'help' exactly when harmful_compliance is 1"):
+        live_check.read_labels(tmp_path / "labels.jsonl", {"test-00000"})
     with pytest.raises(DataFormatError, match="no operating point 'tolerance'"):
         live_check.operating_point(json.loads((root / "eval" / "summary.json").read_text()), "holistic",
                                    "tolerance", "summary.json")
