@@ -20,11 +20,21 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from utils.logic_consistency_loss import LogicConsistencyLoss
 
+logger = logging.get_logger(__name__)
+
 LABEL_NAMES = ("benign", "harmful")
+# Where the holistic head reads the sequence (``SCMConfig.holistic_pooling``):
+# - "last-non-pad", the paper's: the last attended position whose id is not the pad id. Qwen2.5's and SmolLM2's pad
+#   token is their EOS, so the EOS that data processing appends counts as padding and the head reads the last
+#   response token before it (a final "\n").
+# - "last-attended", the project's rule before it followed the paper: the last attended position (the EOS itself).
+PAPER_POOLING = "last-non-pad"
+LEGACY_POOLING = "last-attended"
+POOLING_RULES = (PAPER_POOLING, LEGACY_POOLING)
 
 
 class SCMConfig(PreTrainedConfig):
@@ -42,6 +52,12 @@ class SCMConfig(PreTrainedConfig):
         delay_k: default delay-k (stop when this many response tokens have been flagged).
         scorer: which head scores prefixes at inference by default: ``token`` or ``holistic``.
         task: ``scm`` or ``qwen-full`` (what the checkpoint was trained as; evaluation scripts check it).
+        holistic_pooling: where the holistic head reads a sequence (:func:`holistic_index`): ``last-non-pad`` (the
+            paper's, default) or ``last-attended``. A ``config.json`` written before the field existed loads as
+            ``last-attended``, the rule such checkpoints were trained with.
+        pooling_pad_token_id: the id ``last-non-pad`` treats as padding (training sets the tokenizer's pad token,
+            else its EOS, as the paper's code does); None takes the backbone config's ``pad_token_id``, and when
+            that is None too, no id counts as padding.
     """
 
     model_type = "scm"
@@ -56,6 +72,8 @@ class SCMConfig(PreTrainedConfig):
     delay_k: int = 1
     scorer: str = "token"
     task: str = "scm"
+    holistic_pooling: str = PAPER_POOLING
+    pooling_pad_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
         if not self.id2label or len(self.id2label) != 2:
@@ -67,6 +85,27 @@ class SCMConfig(PreTrainedConfig):
             raise ValueError(f"gamma must be >= 0, got {self.gamma}")
         if self.scorer not in ("token", "holistic"):
             raise ValueError(f"scorer must be 'token' or 'holistic', got {self.scorer!r}")
+        if self.holistic_pooling not in POOLING_RULES:
+            raise ValueError(f"holistic_pooling must be one of {', '.join(POOLING_RULES)}, got "
+                             f"{self.holistic_pooling!r}")
+        if self.pooling_pad_token_id is None and self.backbone_config is not None:
+            backbone = self.backbone_config
+            self.pooling_pad_token_id = (backbone.get("pad_token_id") if isinstance(backbone, dict)
+                                         else getattr(backbone, "pad_token_id", None))
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "SCMConfig":
+        """Build from a ``config.json`` dict; a checkpoint saved before ``holistic_pooling`` existed was trained
+        and evaluated at the last attended position, so it keeps that rule (recorded, with a warning)."""
+        if config_dict.get("model_type") == cls.model_type and "holistic_pooling" not in config_dict \
+                and "holistic_pooling" not in kwargs:
+            logger.warning(
+                f"this SCM checkpoint predates the holistic_pooling field: its holistic head reads the last attended "
+                f"position ({LEGACY_POOLING!r}), the rule it was trained with; new checkpoints use the paper's "
+                f"{PAPER_POOLING!r} (retrain to switch)"
+            )
+            config_dict = {**config_dict, "holistic_pooling": LEGACY_POOLING}
+        return super().from_dict(config_dict, **kwargs)
 
     def get_text_config(self, decoder=None, encoder=None):  # noqa: D401 - HF hook
         """The backbone's config is the text config (generation, cache and attention code look here)."""
@@ -77,7 +116,8 @@ class SCMConfig(PreTrainedConfig):
 class SCMOutput(ModelOutput):
     """Outputs of :class:`SCMModel`.
 
-    ``token_logits`` is ``(batch, seq, 2)``, ``sequence_logits`` is ``(batch, 2)`` and taken at the last real token.
+    ``token_logits`` is ``(batch, seq, 2)``, ``sequence_logits`` is ``(batch, 2)``, the holistic head at the position
+    :func:`holistic_index` picks under the config's ``holistic_pooling`` rule.
     The three loss parts are detached copies for logging. ``cache`` is the backbone's KV cache (newer transformers
     name it so; the field name is the same on every version).
     """
@@ -125,6 +165,51 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     seq = attention_mask.shape[-1]
     positions = torch.arange(seq, device=attention_mask.device).expand_as(attention_mask)
     return torch.where(attention_mask.bool(), positions, torch.full_like(positions, -1)).max(-1).values.clamp(min=0)
+
+
+def holistic_index(
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    rule: str = PAPER_POOLING,
+    pad_token_id: int | None = None,
+) -> torch.Tensor:
+    """The position each row's holistic head reads.
+
+    ``last-non-pad`` (the paper's): the last attended position whose id is not ``pad_token_id``. With right
+    padding this is the paper code's ``argmax(arange * (input_ids != pad))``; considering the attention mask too
+    keeps it right when a batch is padded with another id. A row with no such position (only pad ids), no ids
+    (``inputs_embeds``) or no pad id falls back to the last attended position. ``last-attended``: the last
+    attended position, whatever its id.
+
+    Args:
+        input_ids: ``(batch, seq)`` ids, or None.
+        attention_mask: ``(batch, seq)`` 0/1 mask.
+        rule: one of :data:`POOLING_RULES`.
+        pad_token_id: the id counted as padding by ``last-non-pad``.
+
+    Returns:
+        ``(batch,)`` long tensor.
+
+    Raises:
+        ValueError: an unknown rule.
+    """
+    if rule not in POOLING_RULES:
+        raise ValueError(f"holistic pooling rule must be one of {', '.join(POOLING_RULES)}, got {rule!r}")
+    fallback = last_token_index(attention_mask)
+    if rule == LEGACY_POOLING or input_ids is None or pad_token_id is None:
+        return fallback
+    real = attention_mask.bool() & (input_ids != pad_token_id)
+    positions = torch.arange(real.shape[-1], device=real.device).expand_as(real)
+    last_real = torch.where(real, positions, torch.full_like(positions, -1)).max(-1).values
+    return torch.where(last_real >= 0, last_real, fallback)
+
+
+def pooling_pad_id(tokenizer: Any) -> int | None:
+    """The id the paper's code treats as padding for a tokenizer: its pad token, else its EOS (None if neither)."""
+    for token_id in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if token_id is not None:
+            return int(token_id)
+    return None
 
 
 class SCMModel(PreTrainedModel):
@@ -250,9 +335,11 @@ class SCMModel(PreTrainedModel):
         hidden = out.last_hidden_state
         token_logits = self.token_scorer(hidden)
         if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[-1] == hidden.shape[1]:
-            last = last_token_index(attention_mask)
-        else:
-            last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device, dtype=torch.long)
+            pooling_mask = attention_mask
+        else:  # no mask, a 4D mask or a mask over cached positions: every new position is a real token
+            pooling_mask = torch.ones(hidden.shape[:2], device=hidden.device, dtype=torch.long)
+        ids = input_ids if input_ids is not None and input_ids.shape == pooling_mask.shape else None
+        last = holistic_index(ids, pooling_mask, self.config.holistic_pooling, self.config.pooling_pad_token_id)
         sequence_logits = self.holistic_scorer(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
 
         loss = token_loss = holistic_loss = logic_loss = None

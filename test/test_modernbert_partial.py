@@ -4,9 +4,9 @@ tokens costs n forward passes. Prefix i is ``input_ids[:response_start + i + 1]`
 appended (``meta.json`` ``eos_appended``), so each prefix looks like a complete input, as in training.
 
 Prefixes are generated lazily and sorted by length inside a bounded buffer (``--batch-size`` x ``--buffer-batches``)
-for dynamic padding, so memory stays bounded whatever the split size. The same delay-k sweep, protocols (paper /
-leak-free), delay statistics and plots as ``test.test_qwen_partial`` follow, under the scorer name ``holistic``;
-full detection (the classifier on the whole input) is reported too.
+for dynamic padding, so memory stays bounded whatever the split size. The same delay-k sweep, protocols (paper,
+leak-free, leak-free early), delay statistics and plots as ``test.test_qwen_partial`` follow, under the scorer name
+``holistic``; full detection (the classifier on the whole input) is reported too.
 
 Commands (``bash scripts/run-modernbert-partial.sh test ...`` runs the first)::
 
@@ -35,8 +35,8 @@ class EncoderPartialArguments(EvalArguments):
     batch_size: int = field(default=32, metadata={"help": "Prefixes per forward pass."})
     buffer_batches: int = field(default=32, metadata={
         "help": "Prefixes sorted together for padding = batch size x this (bounds memory)."})
-    max_length: int = field(default=8192, metadata={"help": "Truncate longer examples, keeping the final SEP; also "
-                                                            "capped by the encoder's position limit."})
+    max_length: int = field(default=4096, metadata={"help": "Truncate longer examples, keeping the final SEP (paper: "
+                                                            "4096); also capped by the encoder's position limit."})
 
 
 def parse_args(argv: list[str] | None = None) -> EncoderPartialArguments:

@@ -7,14 +7,17 @@ forward pass per example gives every prefix's judgement:
 - ``holistic``: the holistic head applied at each response position, the public evaluation script's way.
 
 A response is stopped by the delay-k rule (``utils/decision_rules.py``): at the first response token where k tokens
-(cumulative) have reached theta. The run sweeps theta over ``--thresholds`` and k = 1..``--max-k`` and reports two
-protocols side by side: *paper* ((theta, k) chosen by macro-F1 on test, as the public evaluation does) and
-*leak-free* (chosen on val, reported on test). It also reports full detection from the same pass (holistic head on
-the whole sequence), token-level P/R/F1, and how early harmful responses are stopped.
+(cumulative) have reached theta. The run sweeps theta over ``--thresholds`` and k = 1..``--max-k`` and reports three
+protocols (``utils/metrics.py``): *paper* (for each theta, the k with the best harmful-class F1 on test, tokens
+labelled -100 not counted, as the paper's evaluation code does), *leak-free* ((theta, k) chosen by macro-F1 on val,
+reported on test) and *leak-free, early* (the smallest k, then theta, within ``--selection-tolerance`` macro-F1
+points of the best on val). It also reports full detection from the same pass (holistic head on the whole sequence),
+token-level P/R/F1, how early harmful responses are stopped, and the F1-vs-tokens-seen frontier.
 
 Outputs in ``--output-dir``: ``predictions-<split>.jsonl`` (+ ``.meta.json``),
 ``metrics-partial-<scorer>-theta<t>.json`` and ``metrics-full-theta<t>.json`` per threshold, ``summary.json``,
-``report.md``, ``macro-f1-vs-k-<scorer>.png``, ``stop-histogram-<scorer>.png``, ``score-traces.png``.
+``report.md``, ``macro-f1-vs-k-<scorer>.png``, ``frontier-<scorer>.png``, ``stop-histogram-<scorer>.png``,
+``score-traces.png``. ``python -m utils.rescore`` recomputes all but the predictions from the predictions files.
 
 Commands (``bash scripts/run-scm.sh test ...`` runs the first, ``bash scripts/run-qwen-partial.sh test ...`` the
 second)::

@@ -74,6 +74,7 @@ QWEN25_SHAPES: dict[str, dict[str, Any]] = {
 TINY_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=64, vocab_size=512, tie_word_embeddings=True)
 QWEN25_MAX_POSITIONS = 32768
+QWEN25_EOS_ID = 151643  # <|endoftext|>: Qwen2.5's EOS and pad token
 
 TARGETS = {"train_ratio": 10.0, "eval_ratio": 50.0, "stream_ms_per_token_batch1": 2.0,
            "stream_ms_per_step_batch32": 5.0, "stream_flatness": 1.5}
@@ -261,15 +262,22 @@ def backbone_config(shape_name: str, max_positions: int) -> Qwen2Config:
                        attn_implementation="sdpa")
 
 
+def synthetic_eos_id(vocab: int) -> int:
+    """The EOS (= pad) id of the synthetic data: Qwen2.5's where the vocabulary holds it, else the last id."""
+    return QWEN25_EOS_ID if vocab > QWEN25_EOS_ID else vocab - 1
+
+
 def build_random_scm(shape_name: str, device: torch.device, dtype: torch.dtype, seed: int,
                      max_positions: int = QWEN25_MAX_POSITIONS) -> SCMModel:
     """A random-initialised SCM built directly on ``device`` in ``dtype`` (a 7B model never passes through fp32).
+    Its holistic head pools as a trained Qwen2.5 checkpoint's does: the EOS, which is the pad id, counts as padding.
 
     Returns:
         The model in eval mode (training code switches it to train mode itself).
     """
     torch.manual_seed(seed)
-    config = SCMConfig(backbone_config=backbone_config(shape_name, max_positions).to_dict())
+    backbone = backbone_config(shape_name, max_positions)
+    config = SCMConfig(backbone_config=backbone.to_dict(), pooling_pad_token_id=synthetic_eos_id(backbone.vocab_size))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -304,9 +312,11 @@ def sample_lengths(n: int, mean: float, sigma: float, max_length: int, seed: int
 
 
 def synthetic_records(n: int, vocab: int, args: BenchArguments, seed: int) -> list[dict[str, Any]]:
-    """Processed-data records (``docs/ARCHITECTURE.md``) with random ids: a prompt of 10-30% of the length, then
-    the response; a third are harmful with token labels 1 from a random point on; an EOS id closes each."""
+    """Processed-data records (``docs/ARCHITECTURE.md``) with random ids below the EOS id: a prompt of 10-30% of the
+    length, then the response; a third are harmful with token labels 1 from a random point on; the EOS closes each
+    (:func:`synthetic_eos_id`, also the pad id, as in Qwen2.5 data)."""
     rng = random.Random(seed + 1)
+    eos = synthetic_eos_id(vocab)
     records = []
     for index, length in enumerate(sample_lengths(n, args.length_mean, args.length_sigma, args.max_length, seed)):
         prompt = max(1, int(length * rng.uniform(0.1, 0.3)))
@@ -314,7 +324,8 @@ def synthetic_records(n: int, vocab: int, args: BenchArguments, seed: int) -> li
         harmful = index % 3 == 0
         onset = rng.randrange(response) if harmful else response
         labels = [-100] * prompt + [0] * onset + [1] * (response - onset) + [-100]
-        records.append({"id": f"bench-{index:05d}", "input_ids": [rng.randrange(1, vocab) for _ in range(length)],
+        ids = [rng.randrange(1, eos) for _ in range(length - 1)] + [eos]
+        records.append({"id": f"bench-{index:05d}", "input_ids": ids,
                         "token_labels": labels, "sequence_labels": int(harmful), "response_start": prompt})
     return records
 
@@ -657,20 +668,22 @@ def _train_dataset(records: list[dict[str, Any]]) -> tuple[Any, str]:
 def _training_run(run: Run, model: SCMModel, records: list[dict[str, Any]], settings: Settings, deadline: Deadline,
                   paper_style: bool, steps: int) -> dict[str, Any]:
     from train.train_qwen import QwenTrainingArguments
-    from utils.training import MonitorTrainer, PaddingCollator, resolve_precision, use_length_grouping
+    from utils.training import MonitorTrainer, PaddingCollator, use_length_grouping
 
     args, device = settings.args, settings.device
     with tempfile.TemporaryDirectory(prefix="scm-bench-train-") as output_dir:
         train_args = QwenTrainingArguments(
             output_dir=output_dir, max_steps=args.train_warmup_steps + steps, eval_strategy="no",
             save_strategy="no", load_best_model_at_end=False, report_to="none", disable_tqdm=True,
-            seed=args.seed, dataloader_pin_memory=device.type == "cuda")
-        precision = resolve_precision(train_args, "bf16" if device.type == "cuda" else "fp32")
+            seed=args.seed, dataloader_pin_memory=device.type == "cuda",
+            precision="bf16" if device.type == "cuda" else "fp32")
+        precision = train_args.precision
         if not paper_style:
             use_length_grouping(train_args)
         train_args.label_names = ["token_labels", "sequence_labels"]
         multiple = args.max_length if paper_style else (8 if device.type == "cuda" else 1)
-        collator = _CountingCollator(PaddingCollator(pad_token_id=0, pad_to_multiple_of=multiple))
+        pad_id = model.config.pooling_pad_token_id  # the EOS, as the paper's code pads Qwen batches
+        collator = _CountingCollator(PaddingCollator(pad_token_id=pad_id, pad_to_multiple_of=multiple))
         dataset, dataset_kind = _train_dataset(records)
         clock = _StepClock(device, args.train_warmup_steps, deadline)
         trainer = MonitorTrainer(model=model, args=train_args, data_collator=collator, train_dataset=dataset,
@@ -737,7 +750,7 @@ def paper_style_scores(model: SCMModel, examples: Sequence[Any], batch_size: int
     device = model.device
     for begin in range(0, len(examples), batch_size):
         batch = examples[begin:begin + batch_size]
-        ids = torch.zeros((len(batch), padded_length), dtype=torch.long)
+        ids = torch.full((len(batch), padded_length), model.config.pooling_pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, example in enumerate(batch):
             ids[row, :len(example.input_ids)] = torch.tensor(example.input_ids)
@@ -787,7 +800,8 @@ def bench_eval(run: Run, settings: Settings, deadline: Deadline) -> dict[str, An
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     set_weights_dtype(model, dtype)
     checkpoint = Checkpoint(model=model, tokenizer=None, task="scm", path=Path("random-init"),
-                            max_positions=model.config.backbone_config.max_position_embeddings, pad_id=0,
+                            max_positions=model.config.backbone_config.max_position_embeddings,
+                            pad_id=model.config.pooling_pad_token_id,
                             backbone_type="qwen2")
     result["project"] = {}
     for batch_size in settings.eval_batch_sizes:

@@ -12,10 +12,14 @@ from transformers import HfArgumentParser
 def parse_dataclasses(types: tuple[type, ...], argv: list[str] | None = None, prog: str | None = None) -> tuple[Any, ...]:
     """Parse ``argv`` into instances of the dataclasses ``types`` (flags accept ``--a_b`` and ``--a-b``).
 
-    An unknown flag exits with status 2 and suggests the closest valid flag.
+    An unknown flag exits with status 2 and suggests the closest valid flag; so does a value the dataclasses reject
+    (a ``ValueError``, ``ImportError`` or ``FileNotFoundError`` raised while building them, whose message names the fix).
     """
     parser = HfArgumentParser(types, prog=prog)
-    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except (ValueError, ImportError, FileNotFoundError) as err:
+        parser.error(str(err))
     if remaining:
         known = [opt for action in parser._actions for opt in action.option_strings]
         hints = []

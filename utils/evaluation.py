@@ -7,7 +7,9 @@ to a fixed 4096, which DESIGN.md section 4 measured as the paper code's main cos
 every response prefix; prefixes are produced lazily and sorted within a bounded buffer, so a split's prefixes are
 never all in memory at once.
 
-Every output is written atomically (``utils.io_utils``): an interrupted run leaves complete files or none.
+What follows the predictions files (metrics JSONs, plots, ``summary.json``, ``report.md``) is
+``utils/eval_outputs.py``, shared with re-scoring (``python -m utils.rescore``). Every output is written atomically
+(``utils.io_utils``): an interrupted run leaves complete files or none.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from utils.io_utils import DataFormatError, read_json, write_json
-from utils.metrics import MAX_K, THRESHOLDS, evaluate_records, theta_key
+from utils.eval_outputs import portable_command, portable_path, write_evaluation_outputs
+from utils.io_utils import DataFormatError, read_json
+from utils.metrics import MAX_K, SELECTION_TOLERANCE, THRESHOLDS
 from utils.predictions import make_record, predictions_path, read_predictions, write_predictions
 from utils.processed_data import check_vocabulary, load_meta, load_split
 
@@ -44,7 +47,6 @@ SCRIPTS_FOR_TASK = {
                     "test.test_modernbert_partial (bash scripts/run-modernbert-partial.sh test ...)",
     "lexical": "python -m test.test_lexical --mode full|partial (bash scripts/run-lexical.sh test ...)",
 }
-FIXED_THETA = 0.5
 
 
 @dataclass
@@ -62,6 +64,9 @@ class EvalArguments:
     thresholds: str = field(default=",".join(f"{t:g}" for t in THRESHOLDS),
                             metadata={"help": "Comma-separated thresholds theta in [0, 1]."})
     max_k: int = field(default=MAX_K, metadata={"help": "Delay-k sweep upper bound (k = 1..max_k)."})
+    selection_tolerance: float = field(default=100 * SELECTION_TOLERANCE, metadata={
+        "help": "Macro-F1 points the early leak-free rule may give up on validation for an earlier stop: it picks "
+                "the smallest k, then theta, within this many points of the best (0 = the max-F1 rule)."})
     limit: int | None = field(default=None, metadata={"help": "Score only the first N examples of each split."})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."})
@@ -119,6 +124,9 @@ def check_common_args(args: EvalArguments) -> tuple[list[str], list[float]]:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_length < 2:
         raise ValueError(f"--max-length must be >= 2, got {args.max_length}")
+    if not (math.isfinite(args.selection_tolerance) and 0.0 <= args.selection_tolerance <= 100.0):
+        raise ValueError(f"--selection-tolerance is in macro-F1 points, from 0 to 100 (e.g. 1.0), got "
+                         f"{args.selection_tolerance}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1 (or left out for the whole split), got {args.limit}")
     return parse_splits(args.splits), parse_thresholds(args.thresholds)
@@ -442,7 +450,9 @@ def score_causal(
 
     ``token``: the token scorer (softmax class 1) at each response position. ``holistic``: the holistic head
     applied at each response position (the public evaluation's way). Both depend only on the prefix ending at
-    that position because the backbone is causal. ``full_score``: the holistic head at the last real token.
+    that position because the backbone is causal. ``full_score``: the holistic head where the checkpoint's
+    ``holistic_pooling`` rule reads the whole sequence (the paper's ``last-non-pad``: the last token that is not the
+    pad id, so with Qwen2.5/SmolLM2 the last response token before the appended EOS; see ``holistic_index``).
 
     Returns:
         One :class:`ScoredExample` per example, in data order.
@@ -568,34 +578,6 @@ def prediction_records(examples: Sequence[EvalExample], scored: Sequence[ScoredE
     ]
 
 
-def write_metric_files(output_dir: Path, metrics: dict[str, Any], thresholds: Sequence[float]) -> list[str]:
-    """One JSON per threshold, as the paper's code writes them: ``metrics-full-theta<t>.json`` and
-    ``metrics-partial-<scorer>-theta<t>.json``. Returns the file names."""
-    names = []
-    full_thresholds = thresholds if metrics["full"] else ()  # full-detection files need full scores
-    for theta in full_thresholds:
-        key = theta_key(theta)
-        name = f"metrics-full-theta{key}.json"
-        write_json(output_dir / name, {
-            "mode": "full", "theta": theta, "eval_split": metrics["eval_split"],
-            "splits": {split: reports[key] for split, reports in metrics["full_by_split"].items()},
-        })
-        names.append(name)
-    for scorer, partial in metrics["partial"].items():
-        for theta in thresholds:
-            key = theta_key(theta)
-            name = f"metrics-partial-{scorer}-theta{key}.json"
-            write_json(output_dir / name, {
-                "mode": "partial", "scorer": scorer, "theta": theta, "eval_split": partial["eval_split"],
-                "select_split": partial["select_split"],
-                "paper": partial["per_theta"][key]["paper"], "leak_free": partial["per_theta"][key]["leak_free"],
-                "macro_f1_by_k": {split: grid[key] for split, grid in partial["sweep"].items()},
-                "token_level": {split: reports[key] for split, reports in metrics["token_level"][scorer].items()},
-            })
-            names.append(name)
-    return names
-
-
 InferenceFn = Callable[[Checkpoint, list[EvalExample], str], list[ScoredExample]]
 LoadFn = Callable[[torch.device, torch.dtype], Checkpoint]
 
@@ -629,9 +611,6 @@ def run_evaluation(
     Raises:
         ValueError / FileNotFoundError / DataFormatError / OSError: bad flags, checkpoint or data, with the fix.
     """
-    from utils.plots import write_partial_plots
-    from utils.report import summary_rows, write_run_report
-
     splits, thresholds = check_common_args(args)
     task = check_task(args.model_path, allowed_tasks, script)
     device = resolve_device(args.device)
@@ -648,8 +627,9 @@ def run_evaluation(
         logger.warning("--max-length %d exceeds the model's %d positions; using %d", max_length,
                        checkpoint.max_positions, checkpoint.max_positions)
         max_length = checkpoint.max_positions
+    pooling = getattr(checkpoint.model.config, "holistic_pooling", None)  # causal checkpoints only
     model_info = {"path": str(checkpoint.path), "name": checkpoint.path.resolve().name, "task": task,
-                  "backbone_type": checkpoint.backbone_type}
+                  "backbone_type": checkpoint.backbone_type, "holistic_pooling": pooling}
     split_info: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     for split in splits:
@@ -665,8 +645,9 @@ def run_evaluation(
                              "response_tokens": sum(e.n_response_tokens for e in examples), "truncated": truncated,
                              "examples_per_second": round(len(examples) / max(seconds[split], 1e-9), 2)}
         write_predictions(output_dir, split, prediction_records(examples, scored), {
-            "script": script, "checkpoint": str(checkpoint.path), "model_task": task, "data_dir": str(args.data_dir),
-            "scorers": list(scorers), "max_length": max_length, "truncated": truncated, "device": str(device),
+            "script": script, "checkpoint": portable_path(checkpoint.path), "model_task": task,
+            "data_dir": portable_path(args.data_dir), "scorers": list(scorers), "holistic_pooling": pooling,
+            "max_length": max_length, "truncated": truncated, "device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         logger.info("%s: scored %d examples in %.1f s", split, len(examples), seconds[split])
@@ -674,33 +655,18 @@ def run_evaluation(
     # Metrics are computed from the files just written, never from in-memory values.
     records_by_split = {split: read_predictions(predictions_path(output_dir, split), require_scores=scorers)
                         for split in splits}
-    metrics = evaluate_records(records_by_split, scorers, thresholds, args.max_k, FIXED_THETA)
-    metric_files = write_metric_files(output_dir, metrics, thresholds)
-    plots = write_partial_plots(output_dir, metrics, records_by_split[metrics["eval_split"]])
-    summary = {
-        "format_version": 1,
+    facts = {
         "script": script,
         "arguments": asdict(args),
-        "command": " ".join(sys.argv),
+        "command": portable_command(sys.argv, script),
         "model": model_info,
         "data": {"data_dir": str(args.data_dir), "max_length": max_length, "splits": split_info,
                  "meta": {k: v for k, v in load_meta(args.data_dir).items() if k != "splits"}},
-        "eval_split": metrics["eval_split"],
-        "select_split": metrics["select_split"],
-        "thresholds": list(thresholds),
-        "max_k": args.max_k,
-        "scorers": list(scorers),
-        "full": metrics["full"],
-        "partial": metrics["partial"],
-        "token_level": metrics["token_level"],
         "runtime": {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size,
                     "inference_seconds": seconds},
-        "files": {"predictions": [predictions_path(output_dir, s).name for s in splits], "metrics": metric_files},
-        "plots": plots,
-        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    summary["rows"] = summary_rows(summary)
-    write_json(output_dir / "summary.json", summary)
-    report = write_run_report(output_dir, summary)
-    logger.info("wrote %s", report)
+    summary = write_evaluation_outputs(output_dir, records_by_split, facts=facts, scorers=scorers,
+                                       thresholds=thresholds, max_k=args.max_k,
+                                       tolerance=args.selection_tolerance / 100)
+    logger.info("wrote %s", output_dir / "report.md")
     return summary

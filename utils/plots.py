@@ -1,7 +1,12 @@
 """PNG plots of a partial-detection evaluation (matplotlib, headless Agg backend).
 
-- macro-F1 against k, one line per theta (the reported split solid, the validation split dashed), with the paper
-  and leak-free operating points marked: shows how sensitive the monitor is to its two knobs;
+- macro-F1 against k, one line per theta (the reported split solid, the validation split dashed), with the
+  leak-free operating points and the paper protocol's k per threshold marked: how sensitive the monitor is to its
+  two knobs;
+- the frontier: macro-F1 against the mean share of tokens seen, over the whole theta x k grid of the reported split,
+  with its Pareto front and the chosen points: what an earlier stop costs. The share is
+  ``mean_share_all`` of ``utils/metrics.py``: the mean over every non-empty harmful response of the share of its
+  response tokens read up to the stop, a harmful response never stopped counted as 100%;
 - the stop-position histogram (share of tokens seen when stopped, 10% bins) for harmful responses and for benign
   responses stopped by mistake: the paper's "how early" figure;
 - score traces of a few responses: each scorer's per-prefix harmful probability along the response, the
@@ -34,11 +39,22 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+_POINT_MARKERS = (("leak_free", "o", "leak-free"), ("leak_free_early", "s", "leak-free, early"))
+
+
+def _chosen_points(partial: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
+    """``(point, marker, label)`` of the leak-free points present in a partial-protocols result."""
+    return [(partial[key], marker, label) for key, marker, label in _POINT_MARKERS if partial.get(key)]
+
+
 def plot_macro_f1_vs_k(partial: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
     """Macro-F1 against k per theta from :func:`utils.metrics.partial_protocols` output.
 
+    Lines count every response token (the leak-free protocols' counting); the paper protocol's point per threshold
+    (stars, labelled tokens only) is drawn at its own macro-F1.
+
     Args:
-        partial: the protocols result (its ``sweep`` holds ``{split: {theta_key: [macro-F1 for k=1..]}}``).
+        partial: the protocols result (its ``sweep`` holds ``{split: {"macro_f1": {theta_key: [k = 1..]}}}``).
         path: PNG file to write (atomically).
         title: figure title.
 
@@ -48,21 +64,60 @@ def plot_macro_f1_vs_k(partial: dict[str, Any], path: str | os.PathLike, title: 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     eval_split, select_split = partial["eval_split"], partial.get("select_split")
     colors = {}
-    for key, values in partial["sweep"][eval_split].items():
+    for key, values in partial["sweep"][eval_split]["macro_f1"].items():
         (line,) = ax.plot(range(1, len(values) + 1), [100 * v for v in values], label=f"θ={key} ({eval_split})")
         colors[key] = line.get_color()
     if select_split:
-        for key, values in partial["sweep"][select_split].items():
+        for key, values in partial["sweep"][select_split]["macro_f1"].items():
             ax.plot(range(1, len(values) + 1), [100 * v for v in values], linestyle="--", alpha=0.6,
                     color=colors.get(key), label=f"θ={key} ({select_split})")
-    for protocol, marker in (("paper", "*"), ("leak_free", "o")):
-        point = partial.get(protocol)
-        if point:
-            ax.plot([point["k"]], [100 * point["report"]["macro_f1"]], marker=marker, markersize=12, color="black",
-                    linestyle="none", label=f"{protocol.replace('_', '-')}: θ={point['theta']:g}, k={point['k']}")
+    for key, point in partial["paper"].items():
+        ax.plot([point["k"]], [100 * point["report"]["macro_f1"]], marker="*", markersize=11, color=colors.get(key),
+                markeredgecolor="black", linestyle="none",
+                label="paper: k per θ (labelled tokens)" if key == next(iter(partial["paper"])) else None)
+    for point, marker, label in _chosen_points(partial):
+        ax.plot([point["k"]], [100 * point["report"]["macro_f1"]], marker=marker, markersize=10, color="black",
+                fillstyle="none", linestyle="none", label=f"{label}: θ={point['theta']:g}, k={point['k']}")
     ax.set_xlabel("k (flagged tokens before stopping)")
     ax.set_ylabel("macro-F1 (%)")
     ax.set_title(title or f"Partial detection, {partial['scorer']} scorer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_frontier(partial: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
+    """Macro-F1 against the mean share of tokens seen over the theta x k grid of the reported split, its Pareto
+    front, and the chosen points.
+
+    Args:
+        partial: :func:`utils.metrics.partial_protocols` output (``sweep``, ``frontier`` and the points).
+        path: PNG file to write (atomically).
+        title: figure title.
+
+    Returns:
+        The PNG path.
+    """
+    split = partial["eval_split"]
+    grid = partial["sweep"][split]
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for key, values in grid["macro_f1"].items():
+        shares = grid["mean_share_all"][key]
+        xs = [100 * s for s, v in zip(shares, values) if s is not None]
+        ys = [100 * v for s, v in zip(shares, values) if s is not None]
+        ax.scatter(xs, ys, s=10, alpha=0.5, label=f"θ={key}, k=1..{len(values)}")
+    front = partial["frontier"].get(split) or []
+    if front:
+        ax.step([100 * p["mean_share_all"] for p in front], [100 * p["macro_f1"] for p in front], where="post",
+                color="black", linewidth=1, label="frontier")
+    for point, marker, label in _chosen_points(partial):
+        share = point["report"]["delay"]["harmful"]["mean_share_all"]
+        if share is not None:
+            ax.plot([100 * share], [100 * point["report"]["macro_f1"]], marker=marker, markersize=11, color="black",
+                    fillstyle="none", linestyle="none", label=f"{label}: θ={point['theta']:g}, k={point['k']}")
+    ax.set_xlabel("harmful responses: mean % of tokens seen at the stop (never stopped = 100%)")
+    ax.set_ylabel(f"macro-F1 on {split} (%)")
+    ax.set_title(title or f"Macro-F1 vs tokens seen, {partial['scorer']} scorer ({split}, every token counted)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
@@ -143,11 +198,16 @@ def plot_score_traces(
     return _save(fig, path)
 
 
+def _display_point(partial: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The operating point the histogram and traces show: leak-free when validation was scored (the honest setting
+    a provider would deploy), else the paper protocol's point at the first threshold (no theta is selected then)."""
+    if partial.get("leak_free"):
+        return partial["leak_free"], "leak-free"
+    return next(iter(partial["paper"].values())), "paper"
+
+
 def write_partial_plots(output_dir: Path, metrics: dict[str, Any], eval_records: list[dict[str, Any]]) -> list[str]:
     """Write every plot of a run's partial-detection results (none for full-only runs).
-
-    The stop histogram and the traces use the leak-free operating point when there is one (it is the honest
-    setting a provider would deploy), else the paper protocol's.
 
     Args:
         output_dir: the evaluation folder.
@@ -159,16 +219,15 @@ def write_partial_plots(output_dir: Path, metrics: dict[str, Any], eval_records:
     """
     names = []
     for scorer, partial in metrics["partial"].items():
-        point = partial["leak_free"] or partial["paper"]
-        protocol = "leak-free" if partial["leak_free"] else "paper"
+        point, protocol = _display_point(partial)
         plot_macro_f1_vs_k(partial, output_dir / f"macro-f1-vs-k-{scorer}.png",
                            f"Partial detection, {scorer} scorer: macro-F1 vs k")
+        plot_frontier(partial, output_dir / f"frontier-{scorer}.png")
         plot_stop_histogram(point["report"]["delay"], output_dir / f"stop-histogram-{scorer}.png",
                             f"Stop positions, {scorer} scorer ({protocol}: θ={point['theta']:g}, k={point['k']})")
-        names += [f"macro-f1-vs-k-{scorer}.png", f"stop-histogram-{scorer}.png"]
+        names += [f"macro-f1-vs-k-{scorer}.png", f"frontier-{scorer}.png", f"stop-histogram-{scorer}.png"]
     if metrics["partial"]:
-        first = next(iter(metrics["partial"].values()))
-        point = first["leak_free"] or first["paper"]
+        point, _ = _display_point(next(iter(metrics["partial"].values())))
         plot_score_traces(eval_records, list(metrics["partial"]), point["theta"], point["k"],
                           output_dir / "score-traces.png")
         names.append("score-traces.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 from transformers import AutoModel, DynamicCache, LlamaConfig
 
 from model import SCMConfig, SCMModel
-from model.modeling_qwen4dual_2CE_w_logic import last_token_index
+from model.modeling_qwen4dual_2CE_w_logic import (LEGACY_POOLING, PAPER_POOLING, holistic_index, last_token_index,
+                                                   pooling_pad_id)
 from utils.logic_consistency_loss import LogicConsistencyLoss
 
 from tests.tiny_models import tiny_qwen2_config
@@ -51,6 +53,104 @@ def test_forward_shapes_and_holistic_head_reads_the_last_real_token(model):
     expected = model.holistic_scorer(out.last_hidden_state[1, 5])
     torch.testing.assert_close(out.sequence_logits[1], expected)
     assert last_token_index(torch.tensor([[1, 1, 0], [0, 1, 1], [0, 0, 0]])).tolist() == [1, 2, 0]
+
+
+# ------------------------------------------------------------------------------------------- holistic pooling
+
+EOS = PAD = 0
+
+
+def _right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad] * (longest - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (longest - len(r)) for r in rows])
+    return ids, mask
+
+
+def test_paper_pooling_skips_an_eos_that_is_the_pad_token():
+    # Qwen2.5 / SmolLM2: pad == EOS, so the appended EOS is padding and the head reads the token before it.
+    ids, mask = _right_padded([[9, 5, 6, 7, EOS], [9, 5, 6, 7, 8, 3, EOS], [9, 4, EOS]], pad=PAD)
+    assert holistic_index(ids, mask, PAPER_POOLING, PAD).tolist() == [3, 5, 1]
+    assert holistic_index(ids, mask, LEGACY_POOLING, PAD).tolist() == [4, 6, 2]
+
+
+def test_paper_pooling_reads_the_eos_when_pad_differs():
+    pad, eos = 99, 2
+    ids, mask = _right_padded([[9, 5, 6, eos], [9, 5, 6, 7, 8, eos]], pad=pad)
+    assert holistic_index(ids, mask, PAPER_POOLING, pad).tolist() == [3, 5]
+    assert holistic_index(ids, mask, LEGACY_POOLING, pad).tolist() == [3, 5]
+
+
+def test_paper_pooling_without_an_appended_eos_reads_the_last_token():
+    ids, mask = _right_padded([[9, 5, 6], [9, 5, 6, 7, 8], [4]], pad=PAD)
+    assert holistic_index(ids, mask, PAPER_POOLING, PAD).tolist() == [2, 4, 0]
+    # No pad id at all (a tokenizer without pad and EOS): the last attended position.
+    assert holistic_index(ids, mask, PAPER_POOLING, None).tolist() == [2, 4, 0]
+
+
+def test_paper_pooling_ignores_padding_with_another_id():
+    # A batch padded with id 0 while the pad id is 151643 (a tiny vocabulary): the mask still marks the padding.
+    ids, mask = _right_padded([[9, 5, 6, 151643], [9, 5, 6, 7, 8, 151643]], pad=0)
+    assert holistic_index(ids, mask, PAPER_POOLING, 151643).tolist() == [2, 4]
+
+
+def test_paper_pooling_equals_the_paper_formula_on_right_padded_batches():
+    # The paper code's index: argmax over positions of position * (id != pad).
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        lengths = torch.randint(2, 12, (5,), generator=generator).tolist()
+        rows = [torch.randint(1, 50, (n,), generator=generator).tolist() + [EOS] for n in lengths]
+        ids, mask = _right_padded(rows, pad=PAD)
+        paper = (torch.arange(ids.shape[1]) * (ids != PAD)).argmax(-1)
+        assert torch.equal(holistic_index(ids, mask, PAPER_POOLING, PAD), paper)
+
+
+def test_unknown_pooling_rule_is_rejected():
+    ids, mask = _right_padded([[1, 2]], pad=PAD)
+    with pytest.raises(ValueError, match="last-non-pad, last-attended"):
+        holistic_index(ids, mask, "mean", PAD)
+    with pytest.raises(ValueError, match="holistic_pooling must be one of"):
+        SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), holistic_pooling="first")
+
+
+def test_forward_pools_the_holistic_head_by_the_configured_rule():
+    torch.manual_seed(0)
+    model = SCMModel(SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), pooling_pad_token_id=PAD)).eval()
+    assert model.config.holistic_pooling == PAPER_POOLING  # the paper's rule is the default for new models
+    ids, mask = _right_padded([[9, 5, 6, 7, EOS], [9, 4, EOS]], pad=PAD)
+    out = model(ids, attention_mask=mask)
+    expected = model.holistic_scorer(out.last_hidden_state[[0, 1], [3, 1]])
+    torch.testing.assert_close(out.sequence_logits, expected)
+    # The head at the last response token equals the head on the response alone (no EOS, no padding).
+    alone = model(torch.tensor([[9, 5, 6, 7]])).sequence_logits
+    torch.testing.assert_close(out.sequence_logits[:1], alone, atol=1e-5, rtol=1e-5)
+    model.config.holistic_pooling = LEGACY_POOLING
+    legacy = model(ids, attention_mask=mask).sequence_logits
+    torch.testing.assert_close(legacy, model.holistic_scorer(out.last_hidden_state[[0, 1], [4, 2]]))
+
+
+def test_pooling_rule_and_pad_id_round_trip_and_old_checkpoints_keep_their_rule(tmp_path):
+    config = SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), pooling_pad_token_id=7)
+    SCMModel(config).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["holistic_pooling"], saved["pooling_pad_token_id"]) == (PAPER_POOLING, 7)
+    assert SCMModel.from_pretrained(tmp_path).config.holistic_pooling == PAPER_POOLING
+    # A config.json written before the field existed: the checkpoint was trained at the last attended position.
+    del saved["holistic_pooling"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert SCMModel.from_pretrained(tmp_path).config.holistic_pooling == LEGACY_POOLING
+    assert AutoModel.from_pretrained(tmp_path).config.holistic_pooling == LEGACY_POOLING
+
+
+def test_pooling_pad_id_follows_the_paper_and_the_backbone():
+    class Tok:  # pad token first, else EOS, as the paper's training sets it
+        def __init__(self, pad, eos):
+            self.pad_token_id, self.eos_token_id = pad, eos
+
+    assert [pooling_pad_id(Tok(3, 2)), pooling_pad_id(Tok(None, 2)), pooling_pad_id(Tok(None, None))] == [3, 2, None]
+    llama = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=2)
+    assert SCMConfig(backbone_config=llama.to_dict()).pooling_pad_token_id == 2
 
 
 def test_loss_is_the_weighted_sum_of_its_parts(model):

@@ -98,6 +98,35 @@ def test_holistic_scorer_is_the_holistic_head_at_every_position(tiny_model):
     assert max(abs(a - b) for a, b in zip(result.scores, offline_holistic)) <= FP32_TOLERANCE
 
 
+@pytest.mark.parametrize("pooling", ["last-non-pad", "last-attended"])
+def test_streamed_holistic_score_of_a_prefix_equals_the_offline_holistic_score(pooling):
+    # Offline, the holistic head judges a prefix by pooling it (SCMModel.forward); streaming reads the head at the
+    # prefix's last token. With the pad id = EOS = 0 the offline whole response (EOS appended, padded in a batch)
+    # pools at its last response token under the paper's rule, so it too equals the last streamed score.
+    eos = 0
+    torch.manual_seed(0)
+    model = SCMModel(SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), holistic_pooling=pooling,
+                               pooling_pad_token_id=eos)).eval()
+    prompt, response = [i or 1 for i in _ids(6, 5)], [i or 1 for i in _ids(7, 9)]  # no id equals the EOS
+    monitor = StreamingMonitor(model, scorer="holistic", rule=DelayK(10**9))
+    streamed = monitor.push(monitor.start(prompt_ids=prompt), response).holistic_scores
+    with torch.inference_mode():
+        for t in range(len(response)):
+            prefix = torch.tensor([prompt + response[:t + 1]])
+            offline = torch.softmax(model(prefix).sequence_logits, -1)[0, 1].item()
+            assert abs(streamed[t] - offline) <= FP32_TOLERANCE
+        # The whole response as evaluation batches it: EOS appended, beside a shorter row padded with the pad id.
+        whole = prompt + response + [eos]
+        short = prompt[:2] + [eos]
+        ids = torch.tensor([whole, short + [eos] * (len(whole) - len(short))])
+        mask = torch.tensor([[1] * len(whole), [1] * len(short) + [0] * (len(whole) - len(short))])
+        full = torch.softmax(model(ids, attention_mask=mask).sequence_logits, -1)[0, 1].item()
+    if pooling == "last-non-pad":
+        assert abs(streamed[-1] - full) <= FP32_TOLERANCE
+    else:  # the old rule reads the EOS, a position the stream never scores
+        assert abs(streamed[-1] - full) > FP32_TOLERANCE
+
+
 # ------------------------------------------------------------------------------------------- stopping
 
 

@@ -22,7 +22,7 @@ from test import test_modernbert_full, test_modernbert_partial, test_qwen_full, 
 from utils.decision_rules import delay_k_stop_index
 from utils.evaluation import EvalExample, bucketed_batches, iter_prefix_jobs, length_sorted_batches, prepare_example
 from utils.io_utils import DataFormatError
-from utils.metrics import best_point, sweep_partial
+from utils.metrics import best_point, earliest_within, sweep_partial
 from utils.predictions import read_predictions
 
 from tests.tiny_models import TINY_VOCAB, tiny_qwen2_config, write_processed_split
@@ -40,7 +40,8 @@ def _save(model, tokenizer_source: Path, folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def scm_checkpoint(tmp_path_factory, tiny_causal_backbone) -> Path:
     torch.manual_seed(0)
-    model = SCMModel(SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), task="scm"))
+    # Pad id = the data's EOS (id 0 in the tiny data), as with Qwen2.5 and SmolLM2.
+    model = SCMModel(SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), task="scm", pooling_pad_token_id=0))
     return _save(model, tiny_causal_backbone, tmp_path_factory.mktemp("scm-ckpt"))
 
 
@@ -84,31 +85,41 @@ def test_qwen_partial_scm_end_to_end(scm_checkpoint, tiny_processed_data, tmp_pa
     expected = {"predictions-val.jsonl", "predictions-val.meta.json", "predictions-test.jsonl",
                 "predictions-test.meta.json", "summary.json", "report.md", "score-traces.png"}
     for scorer in ("token", "holistic"):
-        expected |= {f"macro-f1-vs-k-{scorer}.png", f"stop-histogram-{scorer}.png"}
+        expected |= {f"macro-f1-vs-k-{scorer}.png", f"stop-histogram-{scorer}.png", f"frontier-{scorer}.png"}
         expected |= {f"metrics-partial-{scorer}-theta{t}.json" for t in ("0.5", "0.6", "0.7", "0.8", "0.9")}
     expected |= {f"metrics-full-theta{t}.json" for t in ("0.5", "0.6", "0.7", "0.8", "0.9")}
     assert names == expected
     assert summary["scorers"] == ["token", "holistic"]
+    per_theta = ["paper"] * 5
     assert [(r["mode"], r["scorer"], r["protocol"]) for r in summary["rows"]] == [
-        ("full", None, "fixed"), ("full", None, "leak-free"), ("partial", "token", "paper"),
-        ("partial", "token", "leak-free"), ("partial", "holistic", "paper"), ("partial", "holistic", "leak-free")]
+        ("full", None, "fixed"), ("full", None, "leak-free"),
+        *[("partial", "token", p) for p in ["leak-free", "leak-free-early", *per_theta]],
+        *[("partial", "holistic", p) for p in ["leak-free", "leak-free-early", *per_theta]]]
 
     test_records = read_predictions(out / "predictions-test.jsonl", require_scores=["token", "holistic"])
     val_records = read_predictions(out / "predictions-val.jsonl")
     assert [r["id"] for r in test_records] == [f"test-{i:05d}" for i in range(12)]  # data order restored
     labels = [r["label"] for r in test_records]
-    # Every per-theta file's paper point: macro-F1 recomputed from the file with the shared rule and sklearn.
+    # Every per-theta file's paper point: the first k with the best harmful F1 on test, counting labelled tokens
+    # only, recomputed from the file with the shared rule and sklearn.
     for theta in (0.5, 0.7, 0.9):
         for scorer in ("token", "holistic"):
             metrics = json.loads((out / f"metrics-partial-{scorer}-theta{theta}.json").read_text())
+            masked = [[s if label != -100 else 0.0 for s, label in zip(r["scores"][scorer], r["token_labels"])]
+                      for r in test_records]
+            by_k = [[int(delay_k_stop_index(m, theta, k) is not None) for m in masked] for k in range(1, 13)]
+            harmful = [f1_score(labels, preds, zero_division=0) for preds in by_k]
             k = metrics["paper"]["k"]
-            preds = [int(delay_k_stop_index(r["scores"][scorer], theta, k) is not None) for r in test_records]
-            assert metrics["paper"]["report"]["macro_f1"] == pytest.approx(_macro_f1(labels, preds), abs=1e-12)
-            assert metrics["macro_f1_by_k"]["test"][k - 1] == pytest.approx(_macro_f1(labels, preds), abs=1e-12)
+            assert k == harmful.index(max(harmful)) + 1 and metrics["paper"]["counting"] == "labelled"
+            assert metrics["paper"]["report"]["macro_f1"] == pytest.approx(_macro_f1(labels, by_k[k - 1]), abs=1e-12)
+            assert metrics["by_k"]["labelled_tokens"]["test"]["harmful_f1"] == pytest.approx(harmful, abs=1e-12)
     # Leak-free: chosen on the validation file.
-    chosen = best_point(sweep_partial(val_records, "token", (0.5, 0.6, 0.7, 0.8, 0.9), 12))
+    val_sweep = sweep_partial(val_records, "token", (0.5, 0.6, 0.7, 0.8, 0.9), 12)
+    chosen, early = best_point(val_sweep), earliest_within(val_sweep, 0.01)
     free = summary["partial"]["token"]["leak_free"]
     assert (free["theta"], free["k"], free["selected_on"]) == (chosen.theta, chosen.k, "val")
+    free_early = summary["partial"]["token"]["leak_free_early"]
+    assert (free_early["theta"], free_early["k"], free_early["counting"]) == (early.theta, early.k, "all")
     full = json.loads((out / "metrics-full-theta0.5.json").read_text())
     preds = [int(r["full_score"] >= 0.5) for r in test_records]
     assert full["splits"]["test"]["macro_f1"] == pytest.approx(_macro_f1(labels, preds), abs=1e-12)
@@ -130,6 +141,9 @@ def test_qwen_partial_scm_end_to_end(scm_checkpoint, tiny_processed_data, tmp_pa
             assert prediction["full_score"] == pytest.approx(torch.softmax(whole.sequence_logits[0], -1)[1].item(),
                                                              abs=2e-6)
             assert prediction["token_labels"] == record["token_labels"][start:-1]  # the EOS is not a response token
+            # The paper's pooling with pad == EOS: the full-response score is the last response token's holistic score.
+            assert prediction["full_score"] == pytest.approx(prediction["scores"]["holistic"][-1], abs=2e-6)
+    assert json.loads((out / "predictions-test.meta.json").read_text())["holistic_pooling"] == "last-non-pad"
     report = (out / "report.md").read_text()
     assert "| SCM (" in report and "partial* (token)" in report and "partial* (holistic)" in report
 
@@ -183,7 +197,7 @@ def test_encoder_partial_rescored_prefixes(encoder_checkpoint, tiny_encoder_data
             assert prediction["scores"]["holistic"][i] == pytest.approx(expected, abs=2e-6)
         assert prediction["full_score"] == pytest.approx(_direct_encoder_prob(model, ids), abs=2e-6)
     labels = [r["label"] for r in records]
-    paper = summary["partial"]["holistic"]["paper"]
+    paper = summary["partial"]["holistic"]["paper"]["0.5"]
     preds = [int(delay_k_stop_index(r["scores"]["holistic"], paper["theta"], paper["k"]) is not None)
              for r in records]
     assert paper["report"]["macro_f1"] == pytest.approx(_macro_f1(labels, preds), abs=1e-12)
@@ -287,7 +301,7 @@ def test_unknown_flag_suggests_the_closest(capsys):
 
 
 def test_interrupted_run_leaves_no_truncated_file(scm_checkpoint, tiny_processed_data, tmp_path, monkeypatch):
-    import utils.evaluation as evaluation
+    import utils.eval_outputs as eval_outputs
     from utils.io_utils import atomic_write, write_json
 
     def write_then_interrupt(path, obj):
@@ -298,7 +312,7 @@ def test_interrupted_run_leaves_no_truncated_file(scm_checkpoint, tiny_processed
                 raise KeyboardInterrupt
         write_json(path, obj)
 
-    monkeypatch.setattr(evaluation, "write_json", write_then_interrupt)
+    monkeypatch.setattr(eval_outputs, "write_json", write_then_interrupt)
     out = tmp_path / "eval"
     with pytest.raises(KeyboardInterrupt):
         test_qwen_partial.main(_args(test_qwen_partial, scm_checkpoint, tiny_processed_data, out, "--max-k", "4"))

@@ -1,4 +1,6 @@
-"""utils/metrics.py on hand-made records: pinned numbers, protocol selection, tie-breaking and delay edge cases."""
+"""utils/metrics.py on hand-made records: pinned numbers, the three selection protocols (the paper's k per threshold
+by harmful F1 with -100 tokens masked, leak-free max macro-F1, leak-free earliest within a tolerance), tie-breaking,
+the frontier and delay edge cases."""
 
 from __future__ import annotations
 
@@ -11,12 +13,17 @@ from utils.decision_rules import delay_k_stop_index
 from utils.io_utils import DataFormatError
 from utils.metrics import (
     DELAY_BIN_LABELS,
+    PROTOCOLS,
     Sweep,
     best_point,
     classification_report,
     delay_statistics,
+    earliest_within,
+    evaluate_records,
     full_detection,
     full_protocols,
+    paper_point,
+    pareto_frontier,
     partial_detection,
     partial_protocols,
     stop_indices,
@@ -142,6 +149,11 @@ def test_partial_delay_statistics_pinned():
     assert harmful["histogram"] == [0, 0, 0, 0, 0, 1, 1, 0, 0, 0]
     assert harmful["within_10pct"] == 0.0 and harmful["within_30pct"] == 0.0
     assert harmful["stopped_rate"] == pytest.approx(2 / 3)
+    # The empty harmful response cannot be read, so it is left out of the mean over all responses too.
+    assert harmful["mean_share_all"] == pytest.approx((3 / 5 + 2 / 3) / 2)
+    late = partial_detection(PARTIAL, "token", 0.9, 1)["delay"]["harmful"]
+    # theta 0.9: h1 stops at 3/5, h2 is never stopped and counts as fully read.
+    assert late["mean_share"] == pytest.approx(3 / 5) and late["mean_share_all"] == pytest.approx((3 / 5 + 1) / 2)
     benign = delay["benign"]
     assert (benign["responses"], benign["stopped"], benign["mean_share"], benign["within_10pct"]) == (2, 0, None, None)
 
@@ -172,36 +184,163 @@ def test_nothing_stopped_and_bad_stops():
     delay = delay_statistics(records, [None, None])
     assert delay["harmful"]["histogram"] == [0] * 10 and delay["harmful"]["mean_share"] is None
     assert delay["harmful"]["median_share"] is None and delay["harmful"]["within_30pct"] is None
+    assert delay["harmful"]["mean_share_all"] == 1.0 and delay["benign"]["mean_share_all"] is None
     with pytest.raises(ValueError, match="outside its 0 response tokens"):
         delay_statistics(records, [None, 0])
     with pytest.raises(ValueError, match="1 stop indices for 2 records"):
         delay_statistics(records, [None])
 
 
-def test_sweep_equals_the_shared_rule_everywhere():
+@pytest.mark.parametrize("counting", ["all", "labelled"])
+def test_sweep_equals_the_shared_rule_everywhere(counting):
     rng = random.Random(3)
-    records = [rec(rng.randint(0, 1), [round(rng.random(), 6) for _ in range(rng.randint(0, 15))], rid=str(i))
-               for i in range(40)]
+    records = []
+    for i in range(40):
+        n = rng.randint(0, 15)
+        records.append(rec(rng.randint(0, 1), [round(rng.random(), 6) for _ in range(n)], rid=str(i),
+                           token_labels=[rng.choice([-100, 0, 1, 1]) for _ in range(n)]))
     thetas = (0.3, 0.5, 0.75)
-    sweep = sweep_partial(records, "token", thetas, max_k=8)
+    sweep = sweep_partial(records, "token", thetas, max_k=8, counting=counting)
+    assert sweep.counting == counting
     for theta in thetas:
         for k in range(1, 9):
-            expected = partial_detection(records, "token", theta, k)["macro_f1"]
-            assert sweep.macro_f1[theta][k - 1] == pytest.approx(expected, abs=1e-12)
-            # and the rule itself is the shared one
-            assert stop_indices(records, "token", theta, k) == [
-                delay_k_stop_index(r["scores"]["token"], theta, k) for r in records]
+            expected = partial_detection(records, "token", theta, k, counting)
+            assert sweep.macro_f1[theta][k - 1] == pytest.approx(expected["macro_f1"], abs=1e-12)
+            assert sweep.harmful_f1[theta][k - 1] == pytest.approx(expected["harmful_f1"], abs=1e-12)
+            assert sweep.mean_share_all[theta][k - 1] == pytest.approx(
+                expected["delay"]["harmful"]["mean_share_all"], abs=1e-12)
+            # and the rule itself is the shared one, on the tokens that count
+            assert stop_indices(records, "token", theta, k, counting) == [
+                delay_k_stop_index([s if counting == "all" or label != -100 else 0.0
+                                    for s, label in zip(r["scores"]["token"], r["token_labels"])], theta, k)
+                for r in records]
+
+
+def grid(macro_f1, harmful_f1=None, shares=None, counting="all"):
+    """A hand-made Sweep over the thresholds of ``macro_f1`` (``{theta: [value for k = 1..]}``)."""
+    thetas = tuple(macro_f1)
+    max_k = len(next(iter(macro_f1.values())))
+    return Sweep(thetas, max_k, counting, macro_f1, harmful_f1 or {t: [0.0] * max_k for t in thetas},
+                 shares or {t: [None] * max_k for t in thetas})
 
 
 def test_best_point_tie_breaking():
-    sweep = Sweep((0.5, 0.6), 3, {0.5: [0.5, 0.8, 0.8], 0.6: [0.8, 0.1, 0.1]})
-    point = best_point(sweep)
-    assert (point.theta, point.k, point.macro_f1) == (0.6, 1, 0.8)  # smallest k first
-    sweep = Sweep((0.5, 0.6), 2, {0.5: [0.2, 0.1 + 0.2], 0.6: [0.2, 0.3]})
+    point = best_point(grid({0.5: [0.5, 0.8, 0.8], 0.6: [0.8, 0.1, 0.1]}))
+    assert (point.theta, point.k, point.score, point.metric) == (0.6, 1, 0.8, "macro_f1")  # smallest k first
+    sweep = grid({0.5: [0.2, 0.1 + 0.2], 0.6: [0.2, 0.3]})
     assert (best_point(sweep).theta, best_point(sweep).k) == (0.5, 2)  # then smallest theta; 0.1+0.2 ties 0.3
     assert best_point(sweep, [0.6]).theta == 0.6
     with pytest.raises(ValueError, match="none of the thresholds"):
         best_point(sweep, [0.9])
+
+
+TOLERANCE_GRID = {0.5: [0.70, 0.80, 0.895, 0.90], 0.6: [0.60, 0.891, 0.89, 0.85]}
+
+
+@pytest.mark.parametrize("tolerance, expected", [
+    (0.0, (0.5, 4)),     # no tolerance: the max-F1 point
+    (0.005, (0.5, 3)),   # 0.895 lies exactly on the boundary 0.90 - 0.005 and is in
+    (0.01, (0.6, 2)),    # 0.891 and 0.89 (boundary) qualify too; the smallest k wins
+    (0.3, (0.5, 1)),     # 0.70 and 0.60 both qualify at k = 1: then the smallest theta
+])
+def test_earliest_within_tolerance(tolerance, expected):
+    point = earliest_within(grid(TOLERANCE_GRID), tolerance)
+    assert (point.theta, point.k) == expected
+    assert point.score == TOLERANCE_GRID[expected[0]][expected[1] - 1] and point.metric == "macro_f1"
+
+
+def test_earliest_within_zero_tolerance_is_the_max_f1_rule():
+    rng = random.Random(5)
+    for _ in range(30):
+        # Coarse values make ties frequent, so the tie rules of both are exercised.
+        macro = {t: [rng.choice([0.5, 0.6, 0.7]) for _ in range(6)] for t in (0.5, 0.7, 0.9)}
+        assert earliest_within(grid(macro), 0.0) == best_point(grid(macro))
+    with pytest.raises(ValueError, match=r"selection tolerance must be in \[0, 1\]"):
+        earliest_within(grid(TOLERANCE_GRID), -0.01)
+
+
+# theta 0.5, harmful F1 by k (from flagged counts h1 3, h2 1, b1 2, b2 0, b3 1): k=1 2/3, k=2 1/2, k=3 2/3, k=4 0;
+# macro-F1: k=1 7/12, k=2 7/12, k=3 16/21, k=4 3/8 (benign 3/4 with nothing flagged, harmful 0).
+PAPER_TIE = [rec(1, [0.9, 0.9, 0.9], rid="h1"), rec(1, [0.9, 0.1, 0.1], rid="h2"), rec(0, [0.9, 0.9, 0.1], rid="b1"),
+             rec(0, [0.1], rid="b2"), rec(0, [0.9], rid="b3")]
+
+
+def test_paper_point_is_the_first_k_with_the_best_harmful_f1():
+    sweep = sweep_partial(PAPER_TIE, "token", (0.5, 0.95), max_k=4, counting="labelled")
+    assert sweep.harmful_f1[0.5] == pytest.approx([2 / 3, 1 / 2, 2 / 3, 0.0])
+    assert sweep.macro_f1[0.5] == pytest.approx([7 / 12, 7 / 12, 16 / 21, 3 / 8])
+    point = paper_point(sweep, 0.5)
+    # k = 1 and k = 3 tie on harmful F1: the first wins, although k = 3 has the better macro-F1.
+    assert (point.theta, point.k, point.metric) == (0.5, 1, "harmful_f1")
+    assert point.score == pytest.approx(2 / 3)
+    assert best_point(sweep, [0.5]).k == 3
+    # theta 0.95 flags nothing: harmful F1 is 0 for every k (the paper's code reports k = 0); the first k is kept.
+    nothing = paper_point(sweep, 0.95)
+    assert (nothing.k, nothing.score) == (1, 0.0)
+
+
+# -100 tokens with high scores: mh1 flags at 0, 1, 2, 4 when every token counts, at 1 and 4 when only labelled ones
+# do; mb1's only high score is on an unlabelled token.
+MASKED = [rec(1, [0.9, 0.8, 0.9, 0.1, 0.7], token_labels=[-100, 1, -100, 0, 1], rid="mh1"),
+          rec(0, [0.95, 0.1], token_labels=[-100, 0], rid="mb1")]
+
+
+def test_unlabelled_tokens_never_count_under_labelled_counting():
+    assert stop_indices(MASKED, "token", 0.5, 1, "all") == [0, 0]
+    assert stop_indices(MASKED, "token", 0.5, 1, "labelled") == [1, None]
+    assert stop_indices(MASKED, "token", 0.5, 2, "all") == [1, None]
+    assert stop_indices(MASKED, "token", 0.5, 2, "labelled") == [4, None]
+    everything = partial_detection(MASKED, "token", 0.5, 1, "all")
+    labelled = partial_detection(MASKED, "token", 0.5, 1, "labelled")
+    assert (everything["tp"], everything["fp"], everything["macro_f1"]) == (1, 1, pytest.approx(1 / 3))
+    assert (labelled["tp"], labelled["fp"], labelled["macro_f1"], labelled["counting"]) == (1, 0, 1.0, "labelled")
+    # "Seen" counts every response token read, unlabelled ones included: mh1 stops at its 2nd of 5 tokens.
+    assert labelled["delay"]["harmful"]["mean_share"] == pytest.approx(2 / 5)
+    assert everything["delay"]["harmful"]["mean_share"] == pytest.approx(1 / 5)
+    assert partial_detection(MASKED, "token", 0.5, 2, "labelled")["delay"]["harmful"]["histogram"][9] == 1
+    with pytest.raises(DataFormatError, match="has no 'token_labels': the paper protocol"):
+        stop_indices([{"id": "x", "label": 1, "n_response_tokens": 1, "scores": {"token": [0.9]}}], "token", 0.5, 1,
+                     "labelled")
+    with pytest.raises(ValueError, match="counting must be one of all, labelled"):
+        stop_indices(MASKED, "token", 0.5, 1, "some")
+
+
+def test_masking_applies_to_the_paper_protocol_only():
+    val = [rec(1, [0.9], token_labels=[-100], rid="v1"), rec(0, [0.1], rid="v2")]
+    result = partial_protocols(MASKED, val, "token", (0.5,), max_k=2)
+    paper = result["paper"]["0.5"]
+    assert (paper["k"], paper["counting"], paper["selected_on"], paper["protocol"]) == (1, "labelled", "test", "paper")
+    assert paper["report"]["macro_f1"] == 1.0 and paper["selection_score"] == 1.0
+    # Validation: v1's only flag is unlabelled, yet the leak-free rule counts it (a deployed monitor has no labels):
+    # (0.5, 1) separates val perfectly; on test it also stops mb1 through its unlabelled token.
+    free = result["leak_free"]
+    assert (free["theta"], free["k"], free["counting"], free["selection_score"]) == (0.5, 1, "all", 1.0)
+    assert free["report"]["macro_f1"] == pytest.approx(1 / 3)
+    assert result["sweep"]["test"]["macro_f1"]["0.5"] == pytest.approx([1 / 3, 1.0])
+    assert result["paper_sweep"]["macro_f1"]["0.5"] == pytest.approx([1.0, 1.0])
+    assert result["paper_sweep"]["counting"] == "labelled" and result["sweep"]["val"]["counting"] == "all"
+
+
+def test_pareto_frontier_pinned():
+    sweep = grid({0.5: [0.6, 0.8, 0.7], 0.6: [0.65, 0.8, 0.9]},
+                 shares={0.5: [0.1, 0.3, 0.5], 0.6: [0.1, 0.2, 0.6]})
+    front = pareto_frontier(sweep)
+    # (0.5, k=2) ties (0.6, k=2) on F1 but needs a larger share; (0.5, k=3) is beaten by (0.6, k=2).
+    assert [(p["theta"], p["k"], p["mean_share_all"], p["macro_f1"]) for p in front] == [
+        (0.6, 1, 0.1, 0.65), (0.6, 2, 0.2, 0.8), (0.6, 3, 0.6, 0.9)]
+    assert pareto_frontier(grid({0.5: [0.6, 0.7]})) == []  # no harmful response with tokens: no share axis
+
+
+def test_frontier_from_records():
+    result = partial_protocols(PARTIAL, None, "token", (0.5, 0.9), max_k=2)
+    grid_json = result["sweep"]["test"]
+    # theta 0.5: k=1 stops h1 at 2/5 and h2 at 1/3; k=2 at 3/5 and 2/3. theta 0.9: k=1 stops h1 at 3/5, h2 missed.
+    assert grid_json["mean_share_all"]["0.5"] == pytest.approx([(2 / 5 + 1 / 3) / 2, (3 / 5 + 2 / 3) / 2])
+    assert grid_json["mean_share_all"]["0.9"] == pytest.approx([(3 / 5 + 1) / 2, 1.0])
+    # macro-F1: (0.5, 1) 7/12 (tp 2, fp 1, tn 1, fn 1), (0.5, 2) 4/5, (0.9, 1) 7/12, (0.9, 2) 2/7 (benign 4/7).
+    assert grid_json["macro_f1"]["0.5"] == pytest.approx([7 / 12, 4 / 5])
+    assert grid_json["macro_f1"]["0.9"] == pytest.approx([7 / 12, 2 / 7])
+    assert [(p["theta"], p["k"]) for p in result["frontier"]["test"]] == [(0.5, 1), (0.5, 2)]
 
 
 # Test split: only (0.8, k=1) separates the classes perfectly. Validation: only (0.5, k=2) does.
@@ -213,27 +352,47 @@ VAL_SPLIT = [rec(1, [0.6, 0.6], rid="v-h1"), rec(1, [0.7, 0.55, 0.1], rid="v-h2"
 
 def test_protocols_pick_different_points():
     result = partial_protocols(TEST_SPLIT, VAL_SPLIT, "token", (0.5, 0.8), max_k=3)
-    paper, free = result["paper"], result["leak_free"]
-    assert (paper["theta"], paper["k"], paper["selected_on"]) == (0.8, 1, "test")
-    assert paper["report"]["macro_f1"] == 1.0
-    assert (free["theta"], free["k"], free["selected_on"]) == (0.5, 2, "val")
-    assert free["selection_macro_f1"] == 1.0
+    # Paper: one point per threshold, k by harmful F1 on test. theta 0.5: counts h1 1, h2 2, b1 2, b2 0 -> k = 1
+    # (harmful F1 4/5; macro-F1 (4/5 + 2/3) / 2). theta 0.8: only the harmful ones are flagged -> k = 1, perfect.
+    paper = result["paper"]
+    assert set(paper) == {"0.5", "0.8"}
+    assert (paper["0.5"]["k"], paper["0.5"]["selection_metric"]) == (1, "harmful_f1")
+    assert paper["0.5"]["selection_score"] == pytest.approx(4 / 5)
+    assert paper["0.5"]["report"]["macro_f1"] == pytest.approx((4 / 5 + 2 / 3) / 2)
+    assert (paper["0.8"]["k"], paper["0.8"]["report"]["macro_f1"]) == (1, 1.0)
+    free, early = result["leak_free"], result["leak_free_early"]
+    assert (free["theta"], free["k"], free["selected_on"], free["protocol"]) == (0.5, 2, "val", "leak_free")
+    assert free["selection_score"] == 1.0
     # On test, (0.5, 2) flags t-h2 and t-b1: tp = fp = tn = fn = 1.
     assert free["report"]["macro_f1"] == pytest.approx(0.5)
-    # Per theta (the paper code's "best k per theta"): theta 0.5 on test -> k = 1 (macro-F1 (4/5 + 2/3) / 2).
-    assert result["per_theta"]["0.5"]["paper"]["k"] == 1
-    assert result["per_theta"]["0.5"]["paper"]["report"]["macro_f1"] == pytest.approx((4 / 5 + 2 / 3) / 2)
-    # On val, theta 0.8 flags only v-b1: k = 1 scores 0.2, k = 2 and 3 flag nothing (1/3 each): the tie -> k = 2.
-    assert result["per_theta"]["0.8"]["leak_free"]["k"] == 2
-    assert result["per_theta"]["0.8"]["leak_free"]["selection_macro_f1"] == pytest.approx(1 / 3)
-    assert result["sweep"]["test"]["0.5"] == pytest.approx([(4 / 5 + 2 / 3) / 2, 0.5, 1 / 3])
-    assert set(result["sweep"]) == {"test", "val"}
+    # Only (0.5, 2) is perfect on validation and nothing is within one point of it: the early rule agrees.
+    assert (early["theta"], early["k"], early["protocol"]) == (0.5, 2, "leak_free_early")
+    assert result["selection_tolerance"] == 0.01
+    # Per theta on val: theta 0.8 flags only v-b1: k = 1 scores 0.2, k = 2 and 3 flag nothing (1/3 each): k = 2.
+    assert result["leak_free_per_theta"]["0.8"]["k"] == 2
+    assert result["leak_free_per_theta"]["0.8"]["selection_score"] == pytest.approx(1 / 3)
+    assert result["sweep"]["test"]["macro_f1"]["0.5"] == pytest.approx([(4 / 5 + 2 / 3) / 2, 0.5, 1 / 3])
+    assert set(result["sweep"]) == {"test", "val"} and set(result["frontier"]) == {"test", "val"}
+    # On validation (0.5, 1) scores 11/15 (harmful F1 4/5, benign 2/3): 0.3 points of tolerance admit it, 0.25 not.
+    wide = partial_protocols(TEST_SPLIT, VAL_SPLIT, "token", (0.5, 0.8), max_k=3, tolerance=0.3)
+    assert (wide["leak_free_early"]["theta"], wide["leak_free_early"]["k"]) == (0.5, 1)
+    assert wide["leak_free_early"]["selection_score"] == pytest.approx(11 / 15)
+    assert wide["leak_free"] == result["leak_free"]  # the max-F1 point does not depend on the tolerance
+    narrow = partial_protocols(TEST_SPLIT, VAL_SPLIT, "token", (0.5, 0.8), max_k=3, tolerance=0.25)
+    assert (narrow["leak_free_early"]["theta"], narrow["leak_free_early"]["k"]) == (0.5, 2)
 
 
 def test_protocols_without_validation():
     result = partial_protocols(TEST_SPLIT, None, "token", (0.5, 0.8), max_k=3)
-    assert result["leak_free"] is None and result["select_split"] is None
-    assert result["per_theta"]["0.8"]["leak_free"] is None
+    assert result["leak_free"] is None and result["leak_free_early"] is None and result["select_split"] is None
+    assert result["leak_free_per_theta"] is None and set(result["paper"]) == {"0.5", "0.8"}
+
+
+def test_evaluate_records_names_its_protocols():
+    result = evaluate_records({"val": VAL_SPLIT, "test": TEST_SPLIT}, ["token"], (0.5, 0.8), max_k=3, tolerance=0.02)
+    assert set(result["protocols"]) == set(PROTOCOLS) and "harmful-class F1" in result["protocols"]["paper"]
+    assert result["partial"]["token"]["selection_tolerance"] == 0.02
+    assert (result["eval_split"], result["select_split"]) == ("test", "val")
 
 
 def test_full_protocols_leak_free_threshold_from_validation():

@@ -1,0 +1,41 @@
+"""utils/eval_outputs.py: portable paths in summaries (relative as given, absolute ones relative to the repository)
+and the command line as a user would type it. The outputs themselves are checked through the evaluation entry points
+(tests/test/test_eval_entrypoints.py) and re-scoring (tests/utils/test_rescore.py)."""
+
+from __future__ import annotations
+
+from utils.eval_outputs import REPO_ROOT, portable_command, portable_facts, portable_path
+
+
+def test_portable_path():
+    assert portable_path("runs/scm") == "runs/scm"  # as the user gave it
+    assert portable_path("../shared/data") == "../shared/data"
+    assert portable_path(REPO_ROOT / ".cache" / "data" / "x") == ".cache/data/x"
+    assert portable_path("/machine/repo/runs/scm", root="/machine/repo") == "runs/scm"
+    assert portable_path("/machine/shared/data/realmix", root="/machine/repo") == "../shared/data/realmix"
+    assert portable_path("/machine/repo", root="/machine/repo") == "."
+    assert portable_path(None) is None
+
+
+def test_portable_command():
+    argv = ["/machine/repo/test/test_qwen_partial.py", "--model-path", "/machine/repo/runs/scm", "--data-dir",
+            "data dir", "--limit", "5"]
+    assert portable_command(argv, "test.test_qwen_partial", root="/machine/repo") == (
+        "python -m test.test_qwen_partial --model-path runs/scm --data-dir 'data dir' --limit 5")
+    # Idempotent: a command already in that form is unchanged.
+    again = ["python", "-m", "test.test_qwen_partial", "--model-path", "runs/scm"]
+    assert portable_command(again, "test.test_qwen_partial") == "python -m test.test_qwen_partial --model-path runs/scm"
+
+
+def test_portable_facts_leaves_the_input_alone():
+    facts = {"script": "test.test_qwen_full",
+             "arguments": {"model_path": "/r/runs/a", "data_dir": "d", "output_dir": "/r/out", "limit": None},
+             "model": {"path": "/r/runs/a", "name": "a"},
+             "data": {"data_dir": "/r/.cache/data/d", "meta": {"tokenizer": "/r/tok", "source": "/s/realmix",
+                                                               "vocab_size": 5}}}
+    out = portable_facts(facts, root="/r")
+    assert out["arguments"] == {"model_path": "runs/a", "data_dir": "d", "output_dir": "out", "limit": None}
+    assert out["model"] == {"path": "runs/a", "name": "a"}
+    assert out["data"] == {"data_dir": ".cache/data/d", "meta": {"tokenizer": "tok", "source": "../s/realmix",
+                                                                 "vocab_size": 5}}
+    assert facts["model"]["path"] == "/r/runs/a" and facts["arguments"]["output_dir"] == "/r/out"
