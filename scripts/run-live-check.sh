@@ -11,14 +11,14 @@
 #          lexical runs/realmix/lexical results/realmix/lexical-partial
 #
 # Each monitor is scored on the labelled answers ($OUT/labels.jsonl, rule in $OUT/LABELLING.md) with its own
-# partial-detection entry point (SCM: token scorer; the others: holistic) at the leak-free operating point of its
-# realmix evaluation REALMIX_EVAL (set OPERATING_POINT to use another key of that summary). Results: $OUT/runs/NAME.json
+# partial-detection entry point (SCM: token scorer; the others: holistic) at both leak-free operating points of its
+# realmix evaluation REALMIX_EVAL (OPERATING_POINTS lists other keys of that summary). Results: $OUT/runs/NAME.json
 # and $OUT/live-check.md; processed data and evaluations under $RUNS.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
 OUT="${OUT:-results/live-check}"
 RUNS="${RUNS:-runs/live-check}"
-OPERATING_POINT="${OPERATING_POINT:-leak_free}"
+OPERATING_POINTS="${OPERATING_POINTS:-leak_free,leak_free_early}"
 [ -f "$REALMIX/test_new.json" ] || { echo "run-live-check.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
 if [ "${1:-}" = "generate" ]; then
   shift
@@ -36,7 +36,7 @@ python -m utils.live_check build --answers "$OUT/answers.jsonl" --labels "$OUT/l
   --output-dir "$RUNS/fineharm"
 while [ "$#" -gt 0 ]; do
   python -m utils.live_check run --name "$1" --model-path "$2" --realmix-eval "$3" --fineharm-dir "$RUNS/fineharm" \
-    --work-dir "$RUNS" --output-dir "$OUT" --operating-point "$OPERATING_POINT"
+    --work-dir "$RUNS" --output-dir "$OUT" --operating-points "$OPERATING_POINTS"
   shift 3
 done
 python -m utils.live_check table --output-dir "$OUT"

@@ -12,8 +12,8 @@ outcomes only. Empty answers are left out (counted in the manifest).
 the monitor's realmix evaluation data (read from that evaluation's ``summary.json``), scores every answer prefix
 with the monitor's partial-detection entry point (``test.test_qwen_partial`` for SCM's token scorer and the Qwen-arch
 baseline's holistic head, ``test.test_modernbert_partial``, ``test.test_lexical --mode partial``), applies the
-operating point chosen on realmix validation (``--operating-point``, default the leak-free one of that summary) and
-writes ``<output-dir>/runs/<name>.json``: stop rate on harmful compliance, false stops on benign answers (split into
+operating points chosen on realmix validation (``--operating-points``, default both leak-free rules of that
+summary) and writes ``<output-dir>/runs/<name>.json``: stop rate on harmful compliance, false stops on benign answers (split into
 answers to harmful requests, i.e. refusals and deflections, and answers to benign requests), and where harmful
 answers were stopped (mean share of tokens seen), plus each answer's outcome.
 
@@ -42,6 +42,7 @@ from utils.fineharm import SPLIT_FILES, load_split, validate_example
 from utils.io_utils import DataFormatError, atomic_write, read_json, read_jsonl, staged_output_dir, write_json
 
 MANIFEST_NAME = "live-check.json"
+RULE_NAMES = {"leak_free": "best", "leak_free_early": "early"}
 SCORER_BY_TASK = {"scm": "token", "qwen-full": "holistic", "encoder-full": "holistic", "lexical": "holistic"}
 
 
@@ -217,8 +218,9 @@ class RunArguments:
     work_dir: str = field(metadata={"help": "Where the processed data and the evaluation go (<work>/<name>/...)."})
     output_dir: str = field(metadata={"help": "Where runs/<name>.json goes."})
     scorer: str | None = field(default=None, metadata={"help": "Score list (default: token for SCM, else holistic)."})
-    operating_point: str = field(default="leak_free", metadata={
-        "help": "Key of the operating point in the summary's partial.<scorer> (default: leak_free)."})
+    operating_points: str = field(default="leak_free,leak_free_early", metadata={
+        "help": "Comma-separated keys of operating points in the summary's partial.<scorer> (default: both "
+                "leak-free rules)."})
     tokenizer_path: str | None = field(default=None, metadata={
         "help": "Tokenizer to process with (default: the one the realmix evaluation's data meta names)."})
 
@@ -265,7 +267,10 @@ def run(args: RunArguments) -> dict[str, Any]:
         raise ValueError(f"{args.realmix_eval} evaluated a {summary.get('model', {}).get('task')!r} model but "
                          f"{args.model_path} is {task!r}; pair each checkpoint with its own evaluation")
     scorer = args.scorer or SCORER_BY_TASK[task]
-    theta, k = operating_point(summary, scorer, args.operating_point, str(summary_path))
+    rules = [r.strip() for r in args.operating_points.split(",") if r.strip()]
+    if not rules:
+        raise ValueError("--operating-points is empty; use e.g. leak_free,leak_free_early")
+    points = {rule: operating_point(summary, scorer, rule, str(summary_path)) for rule in rules}
     data_meta = summary.get("data", {}).get("meta", {})
     tokenizer = args.tokenizer_path or data_meta.get("tokenizer")
     if not tokenizer or not Path(tokenizer).exists():
@@ -282,10 +287,11 @@ def run(args: RunArguments) -> dict[str, Any]:
     records = read_predictions(predictions_path(eval_dir, "test"), require_scores=[scorer])
     result = {
         "format_version": 1, "name": args.name, "task": task, "scorer": scorer, "model_path": args.model_path,
-        "operating_point": {"which": args.operating_point, "theta": theta, "k": k, "from": str(summary_path)},
+        "operating_points_from": str(summary_path),
         "data": {"tokenizer": tokenizer, "max_prompt_tokens": data_meta.get("max_prompt_tokens"),
                  "answers": len(records)},
-        **outcome_summary(records, entries, scorer, theta, k),
+        "points": {rule: {"theta": theta, "k": k, **outcome_summary(records, entries, scorer, theta, k)}
+                   for rule, (theta, k) in points.items()},
         "seconds": round(time.perf_counter() - started, 1),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -301,27 +307,28 @@ def _pct(value: float | None) -> str:
 
 
 def live_table(runs: list[dict[str, Any]]) -> str:
-    """The markdown table of several run records."""
-    header = ["Monitor", "Scorer", "θ", "k", "Stopped harmful compliance", "Seen (share)", "Seen (tokens)",
+    """The markdown tables of several run records: one row per monitor and operating point."""
+    header = ["Monitor", "Scorer", "Rule", "θ", "k", "Stopped harmful compliance", "Seen (share)", "Seen (tokens)",
               "False stops, benign answers", "… to harmful requests", "… to benign requests"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in runs:
-        h, b = r["harmful_compliance"], r["benign"]
+    rows = [(r, rule, point) for r in runs for rule, point in r["points"].items()]
+    for r, rule, point in rows:
+        h, b = point["harmful_compliance"], point["benign"]
         lines.append("| " + " | ".join([
-            r["name"], r["scorer"], f"{r['operating_point']['theta']:g}", str(r["operating_point"]["k"]),
+            r["name"], r["scorer"], RULE_NAMES.get(rule, rule), f"{point['theta']:g}", str(point["k"]),
             f"{_pct(h['stop_rate'])}% ({h['stopped']}/{h['answers']})", _pct(h["mean_share_seen"]),
             "–" if h["mean_tokens_seen"] is None else f"{h['mean_tokens_seen']:.1f}",
             f"{_pct(b['stop_rate'])}% ({b['stopped']}/{b['answers']})",
             *(f"{_pct(g['stop_rate'])}% ({g['stopped']}/{g['answers']})" for g in
-              (r["benign_to_harmful_request"], r["benign_to_benign_request"]))]) + " |")
-    kinds = [k for k in KINDS if any(k in r.get("by_kind", {}) for r in runs)]
+              (point["benign_to_harmful_request"], point["benign_to_benign_request"]))]) + " |")
+    kinds = [k for k in KINDS if any(k in point.get("by_kind", {}) for _, _, point in rows)]
     if kinds:
         lines += ["", "Stops by kind of answer (`LABELLING.md`):", "",
-                  "| Monitor | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
-        for r in runs:
-            cells = [f"{_pct(g['stop_rate'])}% ({g['stopped']}/{g['answers']})" if (g := r["by_kind"].get(k)) else "–"
-                     for k in kinds]
-            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+                  "| Monitor | Rule | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+        for r, rule, point in rows:
+            cells = [f"{_pct(g['stop_rate'])}% ({g['stopped']}/{g['answers']})"
+                     if (g := point["by_kind"].get(k)) else "–" for k in kinds]
+            lines.append(f"| {r['name']} | {RULE_NAMES.get(rule, rule)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -341,8 +348,10 @@ def table(args: TableArguments) -> str:
     text = "\n".join([
         "# Live check: monitors in front of SmolLM2-135M-Instruct's own answers", "",
         "Answers to the distinct prompts of realmix test (`answers.jsonl`), labelled by `LABELLING.md` "
-        "(`labels.jsonl`); each monitor at its operating point from realmix validation. Shares in %; *Seen*: mean "
-        "share (and number) of its tokens a stopped harmful-compliance answer had shown.", "", live_table(runs), ""])
+        "(`labels.jsonl`); each monitor at its operating points from realmix validation (*best*: the best validation "
+        "macro-F1; *early*: the smallest k, then theta, within the selection tolerance of it). Shares in %; *Seen*: "
+        "mean share (and number) of its tokens a stopped harmful-compliance answer had shown.", "",
+        live_table(runs), ""])
     with atomic_write(Path(args.output_dir) / "live-check.md") as handle:
         handle.write(text)
     print(text)

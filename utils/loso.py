@@ -47,6 +47,7 @@ from utils.io_utils import DataFormatError, atomic_write, read_json, staged_outp
 
 SOURCES_NAME = "sources.json"
 MIN_CLASS = 10
+RULE_NAMES = {"leak_free": "best", "leak_free_early": "early"}
 TABLE_NAMES = ("loso.md", "loso.json")
 
 
@@ -163,20 +164,27 @@ def list_sources(args: ListArguments) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------- table
 
 
+LEAK_FREE_RULES = ("leak_free", "leak_free_early")
+
+
 def leak_free_points(summary: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The leak-free operating points of one evaluation summary: full detection, then each partial scorer.
+    """The leak-free operating points of one evaluation summary: full detection, then each partial scorer under each
+    leak-free rule it has (``leak_free``: best validation macro-F1; ``leak_free_early``: the earliest within the
+    selection tolerance of it, see ``utils/metrics.py``).
 
     Yields:
-        ``{"mode", "scorer", "theta", "k", "report"}`` (``k`` None for full detection).
+        ``{"mode", "scorer", "rule", "theta", "k", "report"}`` (``k`` None for full detection).
     """
     full = (summary.get("full") or {}).get("leak_free")
     if full:
-        yield {"mode": "full", "scorer": None, "theta": full["theta"], "k": None, "report": full["report"]}
+        yield {"mode": "full", "scorer": None, "rule": "leak_free", "theta": full["theta"], "k": None,
+               "report": full["report"]}
     for scorer, partial in (summary.get("partial") or {}).items():
-        point = partial.get("leak_free")
-        if point:
-            yield {"mode": "partial", "scorer": scorer, "theta": point["theta"], "k": point["k"],
-                   "report": point["report"]}
+        for rule in LEAK_FREE_RULES:
+            point = partial.get(rule)
+            if point:
+                yield {"mode": "partial", "scorer": scorer, "rule": rule, "theta": point["theta"], "k": point["k"],
+                       "report": point["report"]}
 
 
 def table_row(source: str, run: str, summary: dict[str, Any], point: dict[str, Any], min_class: int
@@ -188,7 +196,7 @@ def table_row(source: str, run: str, summary: dict[str, Any], point: dict[str, A
     delay = (report.get("delay") or {}).get("harmful") or {}
     return {
         "held_out": source, "run": run, "task": summary.get("model", {}).get("task"), "mode": point["mode"],
-        "scorer": point["scorer"], "theta": point["theta"], "k": point["k"],
+        "scorer": point["scorer"], "rule": point["rule"], "theta": point["theta"], "k": point["k"],
         "selected_on": summary.get("select_split"), "n_benign": n_benign, "n_harmful": n_harmful,
         "macro_f1": report["macro_f1"] if enough_harmful and enough_benign else None,
         "harmful_recall": report["harmful_recall"] if enough_harmful else None,
@@ -228,27 +236,29 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 def markdown_table(rows: Sequence[dict[str, Any]], min_class: int) -> str:
     """The table, then one line per (run, mode, scorer): the mean over held-out sources where a metric exists."""
-    header = ["Held-out source", "Benign", "Harmful", "Run", "Mode", "θ", "k", "Macro-F1", "Harmful R", "FAR",
-              "Seen"]
+    header = ["Held-out source", "Benign", "Harmful", "Run", "Mode", "Rule", "θ", "k", "Macro-F1", "Harmful R",
+              "FAR", "Seen"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         mode = "full" if row["mode"] == "full" else f"partial* ({row['scorer']})"
         lines.append("| " + " | ".join([
-            row["held_out"], str(row["n_benign"]), str(row["n_harmful"]), row["run"], mode, f"{row['theta']:g}",
+            row["held_out"], str(row["n_benign"]), str(row["n_harmful"]), row["run"], mode, RULE_NAMES[row["rule"]],
+            f"{row['theta']:g}",
             "–" if row["k"] is None else str(row["k"]), _pct(row["macro_f1"]), _pct(row["harmful_recall"]),
             _pct(row["far"]), _pct(row["mean_share"])]) + " |")
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["run"], row["mode"], row["scorer"]), []).append(row)
+        groups.setdefault((row["run"], row["mode"], row["scorer"], row["rule"]), []).append(row)
     lines += ["", "Mean over held-out sources (each metric over the sources where it is defined):", "",
-              "| Run | Mode | Sources | Macro-F1 | Harmful R | FAR | Seen |", "|---|---|---|---|---|---|---|"]
-    for (run, mode, scorer), group in groups.items():
+              "| Run | Mode | Rule | Sources | Macro-F1 | Harmful R | FAR | Seen |", "|---|---|---|---|---|---|---|---|"]
+    for (run, mode, scorer, rule), group in sorted(groups.items(), key=lambda item: item[0][0]):
         label = "full" if mode == "full" else f"partial* ({scorer})"
-        lines.append(f"| {run} | {label} | {len(group)} | " + " | ".join(
+        lines.append(f"| {run} | {label} | {RULE_NAMES[rule]} | {len(group)} | " + " | ".join(
             _pct(_mean([r[m] for r in group])) for m in ("macro_f1", "harmful_recall", "far", "mean_share")) + " |")
-    note = (f"Leak-free operating points: theta (and k for partial detection) chosen by macro-F1 on the "
-            f"in-distribution validation split (the other sources' validation records), reported on every response "
-            f"of the held-out source. Metrics in %. A metric is shown only when the held-out source has at least "
+    note = (f"Leak-free operating points, chosen on the in-distribution validation split (the other sources' "
+            f"validation records) and reported on every response of the held-out source: *best* = the theta (and k "
+            f"for partial detection) with the best validation macro-F1; *early* = the smallest k, then theta, whose "
+            f"validation macro-F1 is within the selection tolerance of the best. Metrics in %. A metric is shown only when the held-out source has at least "
             f"{min_class} responses of the class it needs (harmful recall and Seen: harmful; FAR: benign; "
             f"macro-F1: both). *Seen*: mean share of its tokens a stopped harmful response had shown.")
     return "\n".join(["# Leave-one-source-out", "", *lines, "", note, ""])

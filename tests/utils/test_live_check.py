@@ -53,20 +53,23 @@ def test_build_run_table(setup):
         "run", "--name", "lexical", "--model-path", str(floor), "--realmix-eval", str(root / "eval"),
         "--fineharm-dir", str(root / "fineharm"), "--work-dir", str(root / "work"), "--output-dir", str(root / "out")]))
     summary = json.loads((root / "eval" / "summary.json").read_text())
-    point = summary["partial"]["holistic"]["leak_free"]
-    assert result["operating_point"]["theta"] == point["theta"] and result["operating_point"]["k"] == point["k"]
     records = read_predictions(root / "work" / "lexical" / "eval" / "predictions-test.jsonl")
-    stops = [delay_k_stop_index(r["scores"]["holistic"], point["theta"], point["k"]) for r in records]
-    harmful = [s for s, r in zip(stops, records) if r["label"] == 1]
-    assert result["harmful_compliance"]["answers"] == 2
-    assert result["harmful_compliance"]["stopped"] == sum(s is not None for s in harmful)
-    assert result["benign"]["answers"] == 2
-    # answer 1 answers a harmful request (jbb), answer 2 a safe XSTest prompt
-    assert result["benign_to_harmful_request"]["answers"] == 1 and result["benign_to_benign_request"]["answers"] == 1
-    assert [a["key"] for a in result["answers"]] == ["test-00000", "test-00001", "test-00002", "test-00003"]
-    assert {k: v["answers"] for k, v in result["by_kind"].items()} == {"help": 2, "refusal": 1, "benign-request": 1}
+    assert list(result["points"]) == ["leak_free", "leak_free_early"]
+    for rule, got in result["points"].items():
+        point = summary["partial"]["holistic"][rule]
+        assert (got["theta"], got["k"]) == (point["theta"], point["k"])
+        stops = [delay_k_stop_index(r["scores"]["holistic"], point["theta"], point["k"]) for r in records]
+        harmful = [s for s, r in zip(stops, records) if r["label"] == 1]
+        assert got["harmful_compliance"]["answers"] == 2
+        assert got["harmful_compliance"]["stopped"] == sum(s is not None for s in harmful)
+        assert got["benign"]["answers"] == 2
+        # answer 1 answers a harmful request (jbb), answer 2 a safe XSTest prompt
+        assert got["benign_to_harmful_request"]["answers"] == 1 and got["benign_to_benign_request"]["answers"] == 1
+        assert [a["key"] for a in got["answers"]] == ["test-00000", "test-00001", "test-00002", "test-00003"]
+        assert {k: v["answers"] for k, v in got["by_kind"].items()} == {"help": 2, "refusal": 1, "benign-request": 1}
     text = live_check.main(*live_check.parse_args(["table", "--output-dir", str(root / "out")]))
-    assert "| lexical | holistic |" in text and "| Monitor | help | refusal | benign-request |" in text and (root / "out" / "live-check.md").is_file()
+    assert "| lexical | holistic | best |" in text and "| lexical | holistic | early |" in text
+    assert "| Monitor | Rule | help | refusal | benign-request |" in text and (root / "out" / "live-check.md").is_file()
 
 
 def test_misuse_names_the_fix(setup, tmp_path):
