@@ -13,16 +13,17 @@ the monitor's realmix evaluation data (read from that evaluation's ``summary.jso
 with the monitor's partial-detection entry point (``test.test_qwen_partial`` for SCM's token scorer and the Qwen-arch
 baseline's holistic head, ``test.test_modernbert_partial``, ``test.test_lexical --mode partial``), applies the
 operating points chosen on realmix validation (``--operating-points``, default both leak-free rules of that
-summary) and writes ``<output-dir>/runs/<name>.json``: stop rate on harmful compliance, false stops on benign answers (split into
-answers to harmful requests, i.e. refusals and deflections, and answers to benign requests), and where harmful
-answers were stopped (mean share of tokens seen), plus each answer's outcome.
+summary) and writes ``<output-dir>/runs/<name>.json``: stop rate on harmful compliance, false stops on benign
+answers (split into answers to harmful requests, i.e. refusals and deflections, and answers to benign requests), and
+where harmful answers were stopped (mean share of tokens seen), plus each answer's outcome.
 
 ``table`` gathers the run files into ``<output-dir>/live-check.md``.
 
 Commands (``bash scripts/run-live-check.sh`` chains them)::
 
     python -m utils.live_check build --answers results/live-check/answers.jsonl \
-        --labels results/live-check/labels.jsonl --input-dir ../shared/data/realmix --output-dir .cache/live-check/fineharm
+        --labels results/live-check/labels.jsonl --input-dir ../shared/data/realmix \
+        --output-dir runs/live-check/fineharm
     python -m utils.live_check run --name lexical --model-path runs/realmix/lexical \
         --realmix-eval results/realmix/lexical-partial --fineharm-dir .cache/live-check/fineharm \
         --work-dir runs/live-check --output-dir results/live-check
@@ -363,7 +364,8 @@ COMMANDS = {"build": (BuildArguments, build), "run": (RunArguments, run), "table
 
 def parse_args(argv: list[str] | None = None) -> tuple[str, Any]:
     """``COMMAND FLAGS`` -> ``(COMMAND, its arguments)``; an unknown command or flag exits with status 2."""
-    return parse_command({name: arguments for name, (arguments, _) in COMMANDS.items()}, argv, "python -m utils.live_check")
+    commands = {name: arguments for name, (arguments, _) in COMMANDS.items()}
+    return parse_command(commands, argv, "python -m utils.live_check")
 
 
 def main(command: str, args: Any) -> Any:

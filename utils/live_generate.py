@@ -230,8 +230,9 @@ def main(args: LiveGenerateArguments) -> Path:
 
     write_json(output.with_name(output.name.removesuffix(".jsonl") + ".meta.json"), {
         "format_version": 1, "script": SCRIPT, "arguments": asdict(args), "command": " ".join([SCRIPT, *sys.argv[1:]]),
-        "generator": args.generator or "embedded SmolLM2-135M-Instruct (utils.assets.smollm2_path())", "input": {"dir": args.input_dir, "split": args.split, "records": len(records),
-                                          "distinct_prompts": len(prompts)},
+        "generator": args.generator or "embedded SmolLM2-135M-Instruct (utils.assets.smollm2_path())",
+        "input": {"dir": args.input_dir, "split": args.split, "records": len(records),
+                  "distinct_prompts": len(prompts)},
         "answers": len(answers), "finished": sum(a["finished"] for a in answers),
         "requests_harm": sum(a["requests_harm"] for a in answers),
         "decoding": "sampled" if args.do_sample else "greedy", "chat_template": bool(tokenizer.chat_template),

@@ -250,7 +250,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], min_class: int) -> str:
     for row in rows:
         groups.setdefault((row["run"], row["mode"], row["scorer"], row["rule"]), []).append(row)
     lines += ["", "Mean over held-out sources (each metric over the sources where it is defined):", "",
-              "| Run | Mode | Rule | Sources | Macro-F1 | Harmful R | FAR | Seen |", "|---|---|---|---|---|---|---|---|"]
+              "| Run | Mode | Rule | Sources | Macro-F1 | Harmful R | FAR | Seen |", "|" + "---|" * 8]
     for (run, mode, scorer, rule), group in sorted(groups.items(), key=lambda item: item[0][0]):
         label = "full" if mode == "full" else f"partial* ({scorer})"
         lines.append(f"| {run} | {label} | {RULE_NAMES[rule]} | {len(group)} | " + " | ".join(
@@ -258,9 +258,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], min_class: int) -> str:
     note = (f"Leak-free operating points, chosen on the in-distribution validation split (the other sources' "
             f"validation records) and reported on every response of the held-out source: *best* = the theta (and k "
             f"for partial detection) with the best validation macro-F1; *early* = the smallest k, then theta, whose "
-            f"validation macro-F1 is within the selection tolerance of the best. Metrics in %. A metric is shown only when the held-out source has at least "
-            f"{min_class} responses of the class it needs (harmful recall and Seen: harmful; FAR: benign; "
-            f"macro-F1: both). *Seen*: mean share of its tokens a stopped harmful response had shown.")
+            f"validation macro-F1 is within the selection tolerance of the best. Metrics in %. A metric is shown only "
+            f"when the held-out source has at least {min_class} responses of the class it needs (harmful recall and "
+            f"Seen: harmful; FAR: benign; macro-F1: both). *Seen*: mean share of its tokens a stopped harmful "
+            f"response had shown.")
     return "\n".join(["# Leave-one-source-out", "", *lines, "", note, ""])
 
 

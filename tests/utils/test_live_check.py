@@ -36,8 +36,8 @@ def setup(tmp_path_factory, qwen_tokenizer_dir):
     answers = [{**{k: v for k, v in p.items() if k != "prompt"}, "answer": ANSWERS[i], "answer_tokens": 9,
                 "finished": True} for i, p in enumerate(prompts)]
     (root / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
-    (root / "labels.jsonl").write_text("".join(json.dumps({"key": a["key"], "harmful_compliance": LABELS[i], "kind": KINDS[i]}) + "\n"
-                                               for i, a in enumerate(answers)))
+    labels = [{"key": a["key"], "harmful_compliance": LABELS[i], "kind": KINDS[i]} for i, a in enumerate(answers)]
+    (root / "labels.jsonl").write_text("".join(json.dumps(label) + "\n" for label in labels))
     return root, realmix, floor
 
 

@@ -72,13 +72,15 @@ def test_table_hides_metrics_of_classes_too_small(tmp_path):
     text = loso.table(loso.TableArguments(runs_dir=str(tmp_path / "eval"), output_dir=str(tmp_path / "out")))
     rows = json.loads((tmp_path / "out" / "loso.json").read_text())["rows"]
     assert [(r["held_out"], r["mode"], r["rule"]) for r in rows[:3]] == [
-        ("jbb-DSN", "full", "leak_free"), ("jbb-DSN", "partial", "leak_free"), ("jbb-DSN", "partial", "leak_free_early")]
+        ("jbb-DSN", "full", "leak_free"), ("jbb-DSN", "partial", "leak_free"),
+        ("jbb-DSN", "partial", "leak_free_early")]
     dsn_partial, gpt4_full = rows[1], rows[3]
     assert (dsn_partial["macro_f1"], dsn_partial["harmful_recall"], dsn_partial["far"], dsn_partial["mean_share"]) \
         == (0.8, 0.7, 0.1, 0.25)
     assert (gpt4_full["macro_f1"], gpt4_full["harmful_recall"], gpt4_full["far"], gpt4_full["mean_share"]) \
         == (None, None, 0.1, None)
-    assert "| xstest-gpt4 | 449 | 1 | lexical-partial | partial* (holistic) | best | 0.5 | 3 | – | – | 10.00 | – |" in text
+    row = "| xstest-gpt4 | 449 | 1 | lexical-partial | partial* (holistic) | best | 0.5 | 3 | – | – | 10.00 | – |"
+    assert row in text
     # means over the sources where a metric exists: FAR over both, macro-F1 over DSN only
     assert "| lexical-partial | partial* (holistic) | early | 2 | 80.00 | 70.00 | 10.00 | 25.00 |" in text
     with pytest.raises(FileNotFoundError, match="run scripts/run-loso.sh first"):
