@@ -42,6 +42,8 @@ if [ -n "${RECIPE:-}" ]; then
   source "$RECIPE"
 fi
 needs() { [[ " $MODELS " == *" $1 "* ]]; }
+# Processed folders are named after their run-data.sh flags, so a recipe with other flags never reuses them.
+flags_tag() { printf '%s\n' "$@" | sha1sum | cut -c1-8; }
 
 mkdir -p "$OUT"
 : > "$OUT/timings.tsv"
@@ -69,7 +71,8 @@ train() {  # train SOURCE NAME COMMAND...: skip when already trained
 
 for source in $(python -m utils.loso list --folders "$RUNS/folders"); do
   echo "[loso] held out: $source" >&2
-  causal="$RUNS/data/$source-smollm2" encoder="$RUNS/data/$source-minilm"
+  causal="$RUNS/data/$source-smollm2-$(flags_tag "${DATA_FLAGS[@]}")"
+  encoder="$RUNS/data/$source-minilm-$(flags_tag "${ENCODER_DATA_FLAGS[@]}")"
   if needs lexical || needs scm || needs qwen-full; then
     [ -f "$causal/meta.json" ] || timed "$source/data-smollm2" bash scripts/run-data.sh "$causal" "$SMOL" \
       --input-dir "$RUNS/folders/$source" "${DATA_FLAGS[@]}"

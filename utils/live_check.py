@@ -223,7 +223,41 @@ class RunArguments:
         "help": "Comma-separated keys of operating points in the summary's partial.<scorer> (default: both "
                 "leak-free rules)."})
     tokenizer_path: str | None = field(default=None, metadata={
-        "help": "Tokenizer to process with (default: the one the realmix evaluation's data meta names)."})
+        "help": "Tokenizer to process with (default: the one the realmix evaluation's data was processed with, "
+                "found as processing_tokenizer says)."})
+
+
+def processing_tokenizer(data_meta: dict[str, Any], model_path: str, where: str) -> str:
+    """The tokenizer the monitor's realmix data was processed with, found where it is on this machine.
+
+    Tries, in order: the path the evaluation's data meta records; the checkpoint folder (neural checkpoints keep
+    their tokenizer); the folder the lexical floor's config names; the embedded asset of the same folder name
+    (summaries carry repository-relative paths, which another checkout resolves elsewhere). A candidate must have the
+    recorded vocabulary size.
+
+    Raises:
+        FileNotFoundError: none fits (the message says to pass --tokenizer-path).
+    """
+    from utils import assets
+    from utils.data_process import load_tokenizer
+
+    recorded = data_meta.get("tokenizer")
+    candidates = [recorded, model_path if (Path(model_path) / "tokenizer_config.json").is_file() else None]
+    config = Path(model_path) / "config.json"
+    if config.is_file():
+        candidates.append(((read_json(config).get("text") or {}).get("tokenizer")))
+    if recorded:
+        embedded = {"smollm2-135m-instruct": assets.smollm2_path, "minilm-l6-v2": assets.minilm_path,
+                    "qwen2.5-tokenizer": assets.qwen_tokenizer_path}
+        if Path(recorded).name in embedded:
+            candidates.append(str(embedded[Path(recorded).name]()))
+    vocab = data_meta.get("vocab_size")
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir() and (vocab is None or len(load_tokenizer(candidate)) == vocab):
+            return str(candidate)
+    raise FileNotFoundError(f"{where}: its data's tokenizer {recorded!r} is not here and no other candidate has its "
+                            f"{vocab} entries; pass --tokenizer-path (the tokenizer the monitor's data was processed "
+                            f"with)")
 
 
 def _evaluate(task: str, scorer: str, model_path: str, data_dir: Path, output_dir: Path) -> None:
@@ -273,10 +307,7 @@ def run(args: RunArguments) -> dict[str, Any]:
         raise ValueError("--operating-points is empty; use e.g. leak_free,leak_free_early")
     points = {rule: operating_point(summary, scorer, rule, str(summary_path)) for rule in rules}
     data_meta = summary.get("data", {}).get("meta", {})
-    tokenizer = args.tokenizer_path or data_meta.get("tokenizer")
-    if not tokenizer or not Path(tokenizer).exists():
-        raise FileNotFoundError(f"{summary_path}: its data's tokenizer {tokenizer!r} is not here; pass "
-                                f"--tokenizer-path (the tokenizer the monitor's data was processed with)")
+    tokenizer = args.tokenizer_path or processing_tokenizer(data_meta, args.model_path, str(summary_path))
     work = Path(args.work_dir) / args.name
     data_dir, eval_dir = work / "data", work / "eval"
     started = time.perf_counter()

@@ -75,7 +75,8 @@ def test_lexical_and_scm_end_to_end_for_one_source(backbones, tmp_path):
     # the recipe reached the model: one training step, prompts cut to 8 tokens
     summary = json.loads((runs / "models" / "jbb-GCG" / "scm" / "training_summary.json").read_text())
     assert summary["result"]["global_step"] == 1
-    assert json.loads((runs / "data" / "jbb-GCG-smollm2" / "meta.json").read_text())["max_prompt_tokens"] == 8
+    (data,) = (runs / "data").glob("jbb-GCG-smollm2-*")
+    assert json.loads((data / "meta.json").read_text())["max_prompt_tokens"] == 8
     assert (out / "jbb-GCG" / "scm" / "summary.json").is_file() and (out / "loso.md").is_file()
     steps = [line.split("\t")[0] for line in (out / "timings.tsv").read_text().splitlines()]
     assert steps == ["jbb-GCG/data-smollm2", "jbb-GCG/train-lexical", "jbb-GCG/eval-lexical-full",

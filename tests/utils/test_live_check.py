@@ -88,3 +88,13 @@ def test_misuse_names_the_fix(setup, tmp_path):
                                    "tolerance", "summary.json")
     with pytest.raises(SystemExit):
         live_check.parse_args(["score"])
+
+
+def test_the_processing_tokenizer_is_found_where_it_is(setup, tmp_path, qwen_tokenizer_dir):
+    _, _, floor = setup
+    moved = {"tokenizer": f"/elsewhere/{qwen_tokenizer_dir.name}", "vocab_size": 151665}
+    # the floor's config names the tokenizer it decoded with; without it, the embedded asset of the same name
+    assert live_check.processing_tokenizer(moved, str(floor), "s") == str(qwen_tokenizer_dir.resolve())
+    assert live_check.processing_tokenizer(moved, str(tmp_path), "s") == str(qwen_tokenizer_dir)
+    with pytest.raises(FileNotFoundError, match="no other candidate has its 7 entries; pass --tokenizer-path"):
+        live_check.processing_tokenizer({**moved, "vocab_size": 7}, str(floor), "s")
