@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.tiny_text_data import process, write_fineharm_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,6 +19,7 @@ def _bash(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # four python processes (about a minute on this machine); the flows are tested in-process
 def test_report_with_the_lexical_floor(tmp_path, qwen_tokenizer_dir):
     data = process(write_fineharm_folder(tmp_path / "fineharm"), tmp_path / "data", qwen_tokenizer_dir)
     report = tmp_path / "reports" / "report.md"
@@ -26,7 +29,8 @@ def test_report_with_the_lexical_floor(tmp_path, qwen_tokenizer_dir):
     assert (floor / "model" / "weights.safetensors").is_file()
     text = report.read_text()
     assert f"`{floor / 'full'}`" in text and f"`{floor / 'partial'}`" in text
-    assert text.count("| lexical (model) | partial* (holistic) |") == 2  # paper and leak-free rows
+    assert "| Lexical floor (TF-IDF + LR) (model) | full | fixed |" in text
+    assert "| Lexical floor (TF-IDF + LR) (model) | partial* (holistic) | leak-free |" in text
 
 
 def test_usage_errors():
