@@ -61,15 +61,21 @@ train() {  # train NAME SCRIPT FLAGS...: skip when already trained
 train scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "$CAUSAL_DATA" "${CAUSAL_FLAGS[@]}"
 train qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "$CAUSAL_DATA" "${CAUSAL_FLAGS[@]}"
 train encoder bash scripts/run-modernbert-full.sh --base-model-path "$MINILM" --data-dir "$ENCODER_DATA" "${ENCODER_FLAGS[@]}"
+# The lexical floor (TF-IDF + logistic regression, seconds) on the decoded responses of the SmolLM2 models' split,
+# under either budget; evaluated in full and partial mode beside the others.
+[ -f "$RUNS/lexical/training_summary.json" ] || timed train-lexical bash scripts/run-lexical.sh --data-dir "$CAUSAL_DATA" --output-dir "$RUNS/lexical"
 
 timed eval-scm bash scripts/run-scm.sh test --model-path "$RUNS/scm" --data-dir "$CAUSAL_DATA" --output-dir "$OUT/scm"
 timed eval-qwen-full bash scripts/run-qwen-full.sh test --model-path "$RUNS/qwen-full" --data-dir "$CAUSAL_DATA" --output-dir "$OUT/qwen-full"
 timed eval-qwen-partial bash scripts/run-qwen-partial.sh test --model-path "$RUNS/qwen-full" --data-dir "$CAUSAL_DATA" --output-dir "$OUT/qwen-partial"
 timed eval-encoder-full bash scripts/run-modernbert-full.sh test --model-path "$RUNS/encoder" --data-dir "$ENCODER_DATA" --output-dir "$OUT/encoder-full"
 timed eval-encoder-partial bash scripts/run-modernbert-partial.sh test --model-path "$RUNS/encoder" --data-dir "$ENCODER_DATA" --output-dir "$OUT/encoder-partial"
+timed eval-lexical-full bash scripts/run-lexical.sh test --mode full --model-path "$RUNS/lexical" --data-dir "$CAUSAL_DATA" --output-dir "$OUT/lexical-full"
+timed eval-lexical-partial bash scripts/run-lexical.sh test --mode partial --model-path "$RUNS/lexical" --data-dir "$CAUSAL_DATA" --output-dir "$OUT/lexical-partial"
 for name in scm qwen-full encoder; do
   cp "$RUNS/$name/training_summary.json" "$OUT/training-summary-$name.json"
 done
+cp "$RUNS/lexical/training_summary.json" "$OUT/training-summary-lexical.json"
 bash scripts/run-report.sh "$OUT/scm" "$OUT/qwen-full" "$OUT/qwen-partial" "$OUT/encoder-full" "$OUT/encoder-partial" \
-  --output "$OUT/report.md"
+  "$OUT/lexical-full" "$OUT/lexical-partial" --output "$OUT/report.md"
 cat "$OUT/report.md"
