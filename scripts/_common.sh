@@ -27,6 +27,17 @@ user_path() {
   python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$1"
 }
 
+# enter_repo VAR...: for a driver that chains other drivers by their repository paths (bash scripts/run-data.sh ...):
+# the named variables, when the caller set them, are made absolute from the caller's folder first; then the driver
+# works from the repository root, where its own defaults (results/..., runs/...) are.
+enter_repo() {
+  local name
+  for name in "$@"; do
+    if [ -n "${!name:-}" ]; then printf -v "$name" '%s' "$(user_path "${!name}")"; fi
+  done
+  cd "$SCM_ROOT"
+}
+
 # has_flag NAME ARGS...: true when --NAME, --NAME=..., or its underscore spelling is among ARGS.
 has_flag() {
   local name="$1"; shift

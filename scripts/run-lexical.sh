@@ -32,6 +32,6 @@ case "${1:-}" in
   *)
     extra=()
     has_flag data-dir "$@" || extra+=(--data-dir "$(sample_data_for "$(asset_path smollm2)")")
-    has_flag output-dir "$@" || extra+=(--output-dir runs/lexical-default)
+    has_flag output-dir "$@" || extra+=(--output-dir "$(repo_path runs/lexical-default)")
     exec python -m train.train_lexical "${extra[@]}" "$@" ;;
 esac

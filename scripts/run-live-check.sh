@@ -16,8 +16,8 @@
 # and $OUT/live-check.md; processed data and evaluations under $RUNS.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
-OUT="${OUT:-results/live-check}"
-RUNS="${RUNS:-runs/live-check}"
+OUT="${OUT:-$(repo_path results/live-check)}"
+RUNS="${RUNS:-$(repo_path runs/live-check)}"
 OPERATING_POINTS="${OPERATING_POINTS:-leak_free,leak_free_early}"
 [ -f "$REALMIX/test_new.json" ] || { echo "run-live-check.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
 if [ "${1:-}" = "generate" ]; then
@@ -26,7 +26,7 @@ if [ "${1:-}" = "generate" ]; then
     --num-threads 1 "$@"
 fi
 if [ "$#" -eq 0 ]; then
-  set -- lexical runs/realmix/lexical results/realmix/lexical-partial
+  set -- lexical "$(repo_path runs/realmix/lexical)" "$(repo_path results/realmix/lexical-partial)"
 fi
 if [ $(( $# % 3 )) -ne 0 ]; then
   echo "usage: bash scripts/run-live-check.sh [generate | NAME CHECKPOINT REALMIX_EVAL [NAME CHECKPOINT REALMIX_EVAL ...]]" >&2

@@ -20,6 +20,7 @@
 # as finished steps are skipped); $OUT (default results/loso) gets loso.md, loso.json, timings.tsv and each
 # evaluation's summary.json and report.md. SMOL / MINILM override the backbones (tests use tiny ones).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+enter_repo REALMIX OUT RUNS RECIPE  # it chains the other drivers by their repository paths
 REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
 OUT="${OUT:-results/loso}"
 RUNS="${RUNS:-runs/loso}"

@@ -11,12 +11,7 @@
 # one epoch on the first 1,280 of the 2,560 training examples with the lower 24 of SmolLM2's 30 blocks frozen
 # (the encoder: all 2,560, as it is cheap), and is otherwise the paper's recipe.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-# It chains the other drivers by their repository paths: REALMIX, OUT and RUNS given by the caller are taken from the
-# caller's folder first, then the driver works from the repository root.
-for name in REALMIX OUT RUNS; do
-  if [ -n "${!name:-}" ]; then printf -v "$name" '%s' "$(user_path "${!name}")"; fi
-done
-cd "$SCM_ROOT"
+enter_repo REALMIX OUT RUNS  # it chains the other drivers by their repository paths
 REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
 OUT="${OUT:-results/realmix}"
 RUNS="${RUNS:-runs/realmix}"

@@ -50,3 +50,10 @@ def test_a_driver_reads_and_writes_relative_paths_in_the_users_folder(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "# SCM evaluation report" in (tmp_path / "report.md").read_text()
     assert not (ROOT / "report.md").exists()
+
+
+def test_enter_repo_takes_the_callers_paths_first_then_works_from_the_root(tmp_path):
+    completed = _bash('OUT=results/x; RUNS=""; enter_repo OUT RUNS; pwd; echo "$OUT"; echo "[$RUNS]"', tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    cwd, out, runs = completed.stdout.split("\n")[:3]
+    assert Path(cwd) == ROOT and out == str(tmp_path / "results" / "x") and runs == "[]"
