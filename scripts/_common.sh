@@ -1,15 +1,42 @@
 #!/usr/bin/env bash
 # Shared by the run-*.sh drivers: repository root, the project's .venv, offline Hugging Face settings, and helpers
 # that fill in the embedded defaults (SmolLM2-135M / MiniLM and the project's own FineHarm-format sample).
+#
+# The drivers stay in the folder the user runs them from, so every path the user types means what it means there
+# (`bash ../scm/scripts/run-stream.sh --input pairs.jsonl` reads ./pairs.jsonl). The project's packages are found
+# through PYTHONPATH, and PYTHONSAFEPATH keeps a folder of the user's (say ./test or ./utils) from shadowing them.
+# The drivers' own defaults live in the repository (runs/scm-default, .cache/...): `repo_path` names them relative
+# to the user's folder.
 set -euo pipefail
 SCM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$SCM_ROOT"
-if [ -f .venv/bin/activate ]; then
+if [ -f "$SCM_ROOT/.venv/bin/activate" ]; then
   # shellcheck disable=SC1091
-  . .venv/bin/activate
+  . "$SCM_ROOT/.venv/bin/activate"
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export PYTHONPATH="$SCM_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$SCM_ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
+
+# repo_path RELATIVE: the repository's RELATIVE path as seen from the current folder (runs/scm-default at the
+# repository root, ../scm/runs/scm-default from a sibling folder), so outputs never name a machine's absolute path.
+repo_path() {
+  python -c 'import os, sys; print(os.path.relpath(os.path.join(sys.argv[1], sys.argv[2])))' "$SCM_ROOT" "$1"
+}
+
+# user_path PATH: PATH made absolute from the current folder (for a driver that then works from the repository root).
+user_path() {
+  python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$1"
+}
+
+# enter_repo VAR...: for a driver that chains other drivers by their repository paths (bash scripts/run-data.sh ...):
+# the named variables, when the caller set them, are made absolute from the caller's folder first; then the driver
+# works from the repository root, where its own defaults (results/..., runs/...) are.
+enter_repo() {
+  local name
+  for name in "$@"; do
+    if [ -n "${!name:-}" ]; then printf -v "$name" '%s' "$(user_path "${!name}")"; fi
+  done
+  cd "$SCM_ROOT"
+}
 
 # has_flag NAME ARGS...: true when --NAME, --NAME=..., or its underscore spelling is among ARGS.
 has_flag() {
@@ -31,8 +58,9 @@ asset_path() {  # asset_path smollm2|minilm|qwen_tokenizer
 # generating the sample and processing it the first time.
 sample_data_for() {
   local tokenizer="$1"
-  local sample="$SCM_ROOT/.cache/fineharm-sample"
-  local out="$SCM_ROOT/.cache/data/sample-$(basename "$tokenizer")"
+  local sample out
+  sample="$(repo_path .cache/fineharm-sample)"
+  out="$(repo_path ".cache/data/sample-$(basename "$tokenizer")")"
   if [ ! -f "$sample/test_new.json" ]; then
     python -m utils.sample_data --output-dir "$sample" >&2
   fi
@@ -44,7 +72,8 @@ sample_data_for() {
 
 # train_with_defaults SCRIPT ASSET DEFAULT_OUTPUT_DIR MODULE_ARGS... -- USER_ARGS...
 # Runs `python -m MODULE_ARGS... USER_ARGS...`, first filling in the embedded defaults the user left out: the
-# backbone (ASSET: smollm2 or minilm), the project's sample processed for it, and DEFAULT_OUTPUT_DIR.
+# backbone (ASSET: smollm2 or minilm), the project's sample processed for it, and DEFAULT_OUTPUT_DIR (a path in the
+# repository, e.g. runs/scm-default).
 train_with_defaults() {
   local script="$1" asset="$2" default_out="$3"; shift 3
   local module=()
@@ -58,6 +87,6 @@ train_with_defaults() {
     has_flag data-dir "$@" || extra+=(--data-dir "$(sample_data_for "$base")")
   fi
   has_flag data-dir "$@" "${extra[@]}" || { echo "$script: --data-dir is required with --base-model-path" >&2; exit 2; }
-  has_flag output-dir "$@" || extra+=(--output-dir "$default_out")
+  has_flag output-dir "$@" || extra+=(--output-dir "$(repo_path "$default_out")")
   python -m "${module[@]}" "${extra[@]}" "$@"
 }

@@ -5,16 +5,18 @@
 #
 # e.g. bash scripts/run-data.sh scm /path/to/qwen-tokenizer
 #      bash scripts/run-data.sh baseline-modernbert /path/to/modernbert-tokenizer --input-dir .cache/fineharm-sample
-# The input defaults to the project's FineHarm/ folder (see FineHarm/README.md). Relative paths are taken from the
+#      bash scripts/run-data.sh scm-mixed /path/to/qwen-tokenizer --input-dir FineHarm my-fineharm --source-weights 1 2
+# The input defaults to the project's FineHarm/ folder (see FineHarm/README.md); several --input-dir folders are
+# mixed into one output, --source-weights scaling each one's training split. Relative paths are taken from the
 # current directory; `python -m utils.data_process --help` lists every flag.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 if [ "$#" -lt 2 ] || [[ "$1" == -* ]] || [[ "$2" == -* ]]; then
-  echo "usage: bash scripts/run-data.sh OUTPUT_DIR TOKENIZER_PATH [--input-dir DIR] [--splits train val test] [--limit N] [--num-workers N]" >&2
+  echo "usage: bash scripts/run-data.sh OUTPUT_DIR TOKENIZER_PATH [--input-dir DIR [DIR ...]] [--source-weights W [W ...]] [--splits train val test] [--limit N] [--num-workers N]" >&2
   echo "  OUTPUT_DIR: folder for train.jsonl/val.jsonl/test.jsonl + meta.json (e.g. scm, baseline-qwen, baseline-modernbert)" >&2
   echo "  TOKENIZER_PATH: tokenizer folder of the model to train (offline defaults: python -m utils.assets)" >&2
   exit 2

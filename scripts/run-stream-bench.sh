@@ -5,4 +5,6 @@
 #   bash scripts/run-stream-bench.sh --tiny --output-dir /tmp/bench-tiny      # seconds, smoke test
 #   bash scripts/run-stream-bench.sh --prefix-lengths 512 --batch-sizes 1 --threads 2
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-exec python -m test.bench_streaming "$@"
+extra=()
+has_flag output-dir "$@" || extra+=(--output-dir "$(repo_path results/streaming-cpu)")
+exec python -m test.bench_streaming "${extra[@]}" "$@"

@@ -4,15 +4,12 @@
 #   bash scripts/run-stream.sh --model-path CKPT --prompt "..." --theta 0.7 --k 3 --do-sample --seed 7
 #   bash scripts/run-stream.sh --model-path CKPT --prompt "..." --generator /path/to/causal-lm
 #   bash scripts/run-stream.sh --model-path CKPT --input pairs.jsonl --rule consecutive-n --k 2
-# Without --model-path it uses runs/scm-default (what scripts/quickstart.sh trains) when that exists.
+# Without --model-path it uses the repository's runs/scm-default (what scripts/quickstart.sh trains) when that
+# exists. Paths are taken from the folder you run it in.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 extra=()
-if ! has_flag model-path "$@"; then
-  if [ -f runs/scm-default/config.json ]; then
-    extra+=(--model-path runs/scm-default)
-  else
-    echo "run-stream.sh: --model-path is required (train one with bash scripts/quickstart.sh, which writes runs/scm-default, or bash scripts/run-scm.sh)" >&2
-    exit 2
-  fi
+# The default checkpoint when there is one; otherwise the python module says what to pass (and --help still works).
+if ! has_flag model-path "$@" && [ -f "$SCM_ROOT/runs/scm-default/config.json" ]; then
+  extra+=(--model-path "$(repo_path runs/scm-default)")
 fi
 exec python -m test.stream_monitor "${extra[@]}" "$@"

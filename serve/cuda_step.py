@@ -377,11 +377,29 @@ class FastStep:
         probs = graph.output.cpu()
         return probs[0], probs[1]
 
+    def release_slab(self, slab: KVSlab) -> None:
+        """Forget the graphs captured over ``slab``'s buffers (the monitor is freeing the slab).
+
+        A graph keeps its own memory pool for the step's intermediate tensors, and (with :func:`capture_eagerly`) a
+        reference to the slab: dropping the graphs lets both go with the slab.
+        """
+        if not slab.is_allocated():
+            return
+        pointers = self._buffer_pointers(slab)
+        for key in [key for key in self._graphs if key[0] == pointers]:
+            del self._graphs[key]
+        for key in [key for key in self._uses if key[0] == pointers]:
+            del self._uses[key]
+
+    @staticmethod
+    def _buffer_pointers(slab: KVSlab) -> tuple[int, ...]:
+        return tuple(t.data_ptr() for t in (*slab.keys, *slab.values))
+
     def _graph_for(self, slab: KVSlab, plan: torch.Tensor, read_length: int, device: torch.device) -> _Graph | None:
         """The graph for this step's shape: held, captured now, or None (not captured yet, or capture failed)."""
         # A graph reads and writes fixed addresses: it is valid for exactly these buffers (and weights) in this
         # layout. Buffers a slab replaced when it grew are never matched again and age out of the cache.
-        key = (tuple(t.data_ptr() for t in (*slab.keys, *slab.values)), tuple(slab.keys[0].shape), read_length,
+        key = (self._buffer_pointers(slab), tuple(slab.keys[0].shape), read_length,
                tuple(plan.shape), self.step.model.get_input_embeddings().weight.data_ptr())
         graph = self._graphs.get(key)
         if graph is not None:

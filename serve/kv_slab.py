@@ -84,15 +84,19 @@ class KVSlab:
         if needed_columns <= self.usable_columns:
             return
         new_capacity = max(_round_up(needed_columns + 1, CAPACITY_QUANTUM), 2 * self.capacity)
+        # All new buffers first, then the swap: a failed allocation (out of memory) leaves the slab as it was.
+        grown: dict[tuple[int, int], torch.Tensor] = {}
         for layer in range(self.n_layers):
-            for buffers in (self.keys, self.values):
+            for kind, buffers in enumerate((self.keys, self.values)):
                 old = buffers[layer]
                 if old is None:
                     continue
-                grown = old.new_zeros(old.shape[0], old.shape[1], new_capacity, old.shape[3])
+                new = old.new_zeros(old.shape[0], old.shape[1], new_capacity, old.shape[3])
                 # Only the real columns move; the old scratch column holds padding garbage.
-                grown[:, :, : self.usable_columns] = old[:, :, : self.usable_columns]
-                buffers[layer] = grown
+                new[:, :, : self.usable_columns] = old[:, :, : self.usable_columns]
+                grown[layer, kind] = new
+        for (layer, kind), new in grown.items():
+            (self.keys, self.values)[kind][layer] = new
         self.capacity = new_capacity
 
     def _allocate(self, layer: int, like: torch.Tensor) -> None:
@@ -141,6 +145,15 @@ class KVSlab:
     def nbytes(self) -> int:
         """Memory held by the buffers (for reports)."""
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+
+    def bytes_per_token(self) -> int:
+        """Bytes one token's keys and values take over all layers (0 before the first write)."""
+        return sum(t.shape[1] * t.shape[3] * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+
+    def release(self) -> None:
+        """Drop the buffers (the slab is empty and no longer used); a later write would allocate them again."""
+        self.keys = [None] * self.n_layers
+        self.values = [None] * self.n_layers
 
 
 @dataclass

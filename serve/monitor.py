@@ -49,9 +49,13 @@ from model.modeling_qwen4dual_2CE_w_logic import SCMModel
 from serve.kv_slab import CAPACITY_QUANTUM, KVSlab, SlabCache, StepPlan, build_attention_mask
 from serve.cuda_step import FastStep, make_fast_step
 from utils.decision_rules import DecisionRule, RuleState, make_rule
+from utils.text_encoding import check_unicode, encode_text
 
 SCORERS = ("token", "holistic")
 RULES = ("delay-k", "consecutive-n")
+# A slab whose capacity exceeds this many times its longest live stream is compacted (capacity grows by doubling,
+# so a factor above 2 never undoes a growth at once).
+SHRINK_FACTOR = 3
 # Default n of consecutive-n when none is given: Qwen3Guard-Stream flags after two consecutive unsafe tokens.
 DEFAULT_CONSECUTIVE_N = 2
 _DTYPES = {
@@ -62,7 +66,15 @@ _DTYPES = {
 
 
 class StreamingError(Exception):
-    """Base class of the runtime's misuse errors."""
+    """Base class of the runtime's misuse errors.
+
+    Attributes:
+        stream_id: the stream the error is about, when it is about one (else None).
+    """
+
+    def __init__(self, message: str, stream_id: int | None = None) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
 
 
 class StreamClosedError(StreamingError, RuntimeError):
@@ -187,14 +199,21 @@ def default_device() -> str:
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Encode a prompt the way ``utils/data_process.py`` does: ``[BOS, else CLS, if any] + tokens(prompt + "\\n\\n")``.
 
+    The prompt is encoded as plain text (``utils/text_encoding.py``): a prompt that contains ``<|im_end|>`` gets the
+    ordinary pieces of that string, never the control token, exactly as in the training data.
+
     Args:
         tokenizer: the monitor's tokenizer.
         prompt: the user's prompt text.
 
     Returns:
         Token ids (special tokens other than the leading BOS/CLS are never added).
+
+    Raises:
+        TypeError: the prompt is not a str. ValueError: it holds a lone surrogate.
     """
-    ids = tokenizer(prompt + "\n\n", add_special_tokens=False)["input_ids"]
+    check_unicode(prompt, "the prompt")
+    ids = encode_text(tokenizer, prompt + "\n\n")
     first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     return ([first] if first is not None else []) + list(ids)
 
@@ -226,6 +245,10 @@ def score_offline(model: SCMModel, input_ids: torch.Tensor) -> tuple[torch.Tenso
 
 def _normalise_ids(new_ids: Any, label: str) -> list[int]:
     """Token ids as a list of Python ints (from a list, tuple, 1D tensor or array); ``label`` names the stream."""
+    single = isinstance(new_ids, (int, bool)) or (hasattr(new_ids, "ndim") and getattr(new_ids, "ndim") == 0)
+    if single:
+        raise InvalidTokenError(f"{label}: expected a sequence of token ids, got a single {type(new_ids).__name__} "
+                                f"({new_ids!r}); wrap one id in a list: [id]")
     if isinstance(new_ids, torch.Tensor):
         if new_ids.dim() > 1:
             raise InvalidTokenError(f"{label}: expected a 1D tensor of token ids, got shape {tuple(new_ids.shape)}")
@@ -311,6 +334,8 @@ class StreamingMonitor:
         self._stream_ids = itertools.count()
         self._cache_kwarg = cache_argument_name(type(model.backbone))
         self._fast_step = make_fast_step(self.model, fast_path)
+        # Every slab in use, by id: what memory_stats() reports and what _tidy() frees.
+        self._slabs: dict[int, KVSlab] = {}
 
     # ----------------------------------------------------------------------------------------------- loading
 
@@ -383,13 +408,29 @@ class StreamingMonitor:
         """The operating point, for reports: theta, rule, scorer."""
         return {"theta": self.theta, "rule": self.rule.name, "scorer": self.scorer}
 
+    def memory_stats(self) -> dict[str, int]:
+        """What the KV storage holds against what the open streams need (for reports and service metrics).
+
+        Returns:
+            ``open_streams``; ``slabs`` (KV buffers allocated); ``rows`` (their rows; a row holds one stream);
+            ``kv_bytes_held`` (bytes of all KV buffers); ``kv_bytes_needed`` (bytes the open streams' tokens occupy:
+            their lengths times the bytes of one token's keys and values over all layers).
+        """
+        slabs = list(self._slabs.values())
+        states = [owner for slab in slabs for owner in slab.owners if owner is not None]
+        per_token = next((slab.bytes_per_token() for slab in slabs if slab.is_allocated()), 0)
+        return {"open_streams": len(states), "slabs": len(slabs), "rows": sum(slab.n_rows for slab in slabs),
+                "kv_bytes_held": sum(slab.nbytes() for slab in slabs),
+                "kv_bytes_needed": sum(state.length for state in states) * per_token}
+
     # ----------------------------------------------------------------------------------------------- streams
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """The monitor's prompt ids for ``prompt`` (see :func:`encode_prompt`).
 
         Raises:
-            ValueError: when the monitor has no tokenizer.
+            ValueError: when the monitor has no tokenizer, or the prompt holds a lone surrogate.
+            TypeError: the prompt is not a str.
         """
         if self.tokenizer is None:
             raise ValueError("this monitor has no tokenizer (the checkpoint folder holds none): pass prompt_ids=")
@@ -406,45 +447,75 @@ class StreamingMonitor:
             The new stream's state.
 
         Raises:
-            ValueError: neither or both of prompt/prompt_ids, or an empty prompt. StreamLengthError: the prompt
-            alone exceeds the model's maximum length. InvalidTokenError: an id outside the vocabulary.
+            TypeError: a prompt that is not a str. ValueError: neither or both of prompt/prompt_ids, or an empty
+            prompt. StreamLengthError: the prompt alone exceeds the model's maximum length.
+            InvalidTokenError: an id outside the vocabulary.
         """
         if prompt is not None and prompt_ids is not None:
             raise ValueError("pass either prompt or prompt_ids, not both")
         if prompt is None and prompt_ids is None:
             raise ValueError("start() needs a prompt (text) or prompt_ids")
         if prompt is not None:
-            return self.start_many([prompt])[0]
-        return self.start_many(prompt_ids=[prompt_ids])[0]
+            return self.start_many([prompt], _names=["the prompt"])[0]
+        return self.start_many(prompt_ids=[prompt_ids], _names=["the prompt"])[0]
 
     @torch.inference_mode()
     def start_many(
-        self, prompts: Sequence[str] | None = None, *, prompt_ids: Sequence[Sequence[int]] | None = None
+        self,
+        prompts: Sequence[str] | None = None,
+        *,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+        _names: Sequence[str] | None = None,
     ) -> list[StreamState]:
-        """Open several streams with one batched prompt forward (see :meth:`start`)."""
+        """Open several streams with one batched prompt forward (see :meth:`start`).
+
+        Raises:
+            As :meth:`start`; the messages name the prompt by its index. Nothing is opened when anything raises.
+        """
         if (prompts is None) == (prompt_ids is None):
             raise ValueError("start_many() needs exactly one of prompts (texts) or prompt_ids")
         if prompts is not None:
             if isinstance(prompts, str):
                 raise ValueError("start_many() takes a list of prompts; use start() for one")
+            names = _names or [f"prompt {number}" for number in range(len(prompts))]
+            for name, prompt in zip(names, prompts):
+                if not isinstance(prompt, str):
+                    raise TypeError(f"{name} must be the prompt text (a str), got {type(prompt).__name__}; pass "
+                                    f"ready token ids as prompt_ids=")
             id_lists = [self.encode_prompt(p) for p in prompts]
         else:
-            id_lists = [_normalise_ids(ids, f"prompt {i}") for i, ids in enumerate(prompt_ids)]
+            if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence):
+                raise TypeError(f"prompt_ids must be a list with one id sequence per stream, got "
+                                f"{type(prompt_ids).__name__}")
+            names = _names or [f"prompt {number}" for number in range(len(prompt_ids))]
+            id_lists = [_normalise_ids(ids, name) for name, ids in zip(names, prompt_ids)]
         if not id_lists:
             return []
+        for name, ids in zip(names, id_lists):
+            if not ids:
+                raise ValueError(f"{name} is empty; a stream needs at least one prompt token (the BOS or the "
+                                 f"encoded prompt)")
+            self._check_vocabulary(name, ids)
+            if len(ids) > self.max_length:
+                raise StreamLengthError(
+                    f"{name} is {len(ids)} tokens long (BOS and the \"\\n\\n\" separator included), beyond "
+                    f"the model's maximum of {self.max_length} (config.backbone_config.max_position_embeddings), "
+                    f"and the response needs room too: shorten the prompt (keeping its end, as utils.data_process "
+                    f"--max-prompt-tokens does for training data)")
         states = [StreamState(stream_id=next(self._stream_ids), prompt_length=len(ids), _monitor=self)
                   for ids in id_lists]
-        for state, ids in zip(states, id_lists):
-            if not ids:
-                raise ValueError(f"stream {state.stream_id}: the prompt is empty; a stream needs at least one prompt "
-                                 f"token (the BOS or the encoded prompt)")
-            self._check_ids(state, ids)
         longest = max(len(ids) for ids in id_lists)
-        slab = KVSlab(self.n_layers, len(states), capacity=longest + CAPACITY_QUANTUM)
+        slab = self._new_slab(len(states), longest + CAPACITY_QUANTUM)
         for row, state in enumerate(states):
             slab.owners[row] = state
             state._slab, state._row = slab, row
-        self._forward(slab, id_lists)
+        try:
+            self._forward(slab, id_lists)
+        except BaseException:
+            for state in states:
+                state._slab, state._row, state.closed = None, -1, True
+            self._release(slab)
+            raise
         for state, ids in zip(states, id_lists):
             state.length = len(ids)
         return states
@@ -467,9 +538,9 @@ class StreamingMonitor:
         Raises:
             StreamClosedError, StreamStoppedError: pushing a closed or stopped stream.
             StreamLengthError: a stream would exceed ``config.backbone_config.max_position_embeddings``.
-            InvalidTokenError: an id that is not an integer in ``[0, vocab_size)``.
+            InvalidTokenError: an id that is not an integer in ``[0, vocab_size)``, or a single id not in a list.
             ValueError: mismatched lengths, a stream of another monitor, or one stream twice.
-            Nothing is changed when any of these is raised.
+            Nothing is changed when any of these is raised, nor when the model's forward itself raises.
         """
         if len(states) != len(new_ids):
             raise ValueError(f"push_many got {len(states)} states but {len(new_ids)} lists of new ids")
@@ -497,39 +568,61 @@ class StreamingMonitor:
                                        holistic_probs[states[i]._row])
         return results
 
+    @torch.inference_mode()
     def close(self, state: StreamState) -> None:
-        """Release a stream's KV cache row. Closing twice is harmless; pushing after close raises."""
+        """Release a stream's KV cache row. Closing twice is harmless; pushing after close raises.
+
+        The memory of a slab (the KV buffer a group of streams shares) is freed with its last stream; a slab left
+        mostly empty, or far longer than its streams, is compacted (its streams move into a right-sized one).
+
+        Raises:
+            TypeError: not a stream state. ValueError: a stream of another monitor.
+        """
+        if not isinstance(state, StreamState):
+            raise TypeError(f"close() needs a StreamState returned by this monitor's start(), got "
+                            f"{type(state).__name__}")
         if state._monitor is not self:
             raise ValueError(f"stream {state.stream_id} belongs to another monitor")
         if state.closed:
             return
-        if state._slab is not None:
-            state._slab.owners[state._row] = None
+        slab = state._slab
+        if slab is not None:
+            slab.owners[state._row] = None
         state._slab, state._row, state.closed = None, -1, True
+        if slab is not None:
+            self._tidy(slab)
 
     # ----------------------------------------------------------------------------------------------- internals
 
     def _check_pushable(self, state: StreamState) -> None:
         if not isinstance(state, StreamState) or state._monitor is not self:
-            raise ValueError("push needs a StreamState returned by this monitor's start()")
+            raise ValueError(f"push needs a StreamState returned by this monitor's start(), got "
+                             f"{type(state).__name__}" + (" of another monitor" if isinstance(state, StreamState)
+                                                          else ""))
         if state.closed:
-            raise StreamClosedError(f"stream {state.stream_id} is closed; start a new stream with monitor.start()")
+            raise StreamClosedError(f"stream {state.stream_id} is closed; start a new stream with monitor.start()",
+                                    stream_id=state.stream_id)
         if state.stop is not None:
             raise StreamStoppedError(f"stream {state.stream_id} was already stopped ({state.stop.describe()}); "
-                                     f"stop the generation and close the stream instead of pushing more tokens")
+                                     f"stop the generation and close the stream instead of pushing more tokens",
+                                     stream_id=state.stream_id)
 
-    def _check_ids(self, state: StreamState, ids: list[int]) -> None:
+    def _check_vocabulary(self, label: str, ids: list[int], stream_id: int | None = None) -> None:
         for position, token in enumerate(ids):
             if not 0 <= token < self.vocab_size:
                 raise InvalidTokenError(
-                    f"stream {state.stream_id}: token id {token} at position {position} of the push is outside the "
-                    f"model's vocabulary [0, {self.vocab_size}); ids must come from the monitor's own tokenizer "
-                    f"(use serve.text_guard to monitor text from another tokenizer)")
+                    f"{label}: token id {token} at position {position} is outside the model's vocabulary "
+                    f"[0, {self.vocab_size}); ids must come from the monitor's own tokenizer (use serve.text_guard "
+                    f"to monitor text from another tokenizer)", stream_id=stream_id)
+
+    def _check_ids(self, state: StreamState, ids: list[int]) -> None:
+        self._check_vocabulary(f"stream {state.stream_id}", ids, state.stream_id)
         if state.length + len(ids) > self.max_length:
             raise StreamLengthError(
                 f"stream {state.stream_id}: {len(ids)} more tokens would make it {state.length + len(ids)} tokens "
                 f"long, beyond the model's maximum of {self.max_length} "
-                f"(config.backbone_config.max_position_embeddings); close it, the monitor cannot score further")
+                f"(config.backbone_config.max_position_embeddings); close it, the monitor cannot score further",
+                stream_id=state.stream_id)
 
     def _empty_result(self, state: StreamState) -> PushResult:
         return PushResult([], [], [], count=state.rule_state.count, seen=state.rule_state.seen, stop=None)
@@ -549,12 +642,53 @@ class StreamingMonitor:
         return PushResult(scores=scores, token_scores=token, holistic_scores=holistic,
                           count=state.rule_state.count, seen=state.rule_state.seen, stop=stop)
 
+    def _new_slab(self, n_rows: int, capacity: int) -> KVSlab:
+        slab = KVSlab(self.n_layers, n_rows, capacity)
+        self._slabs[id(slab)] = slab
+        return slab
+
+    def _release(self, slab: KVSlab) -> None:
+        """Free a slab that no stream owns any more (and the fast path's graphs over its buffers)."""
+        if self._fast_step is not None:
+            self._fast_step.release_slab(slab)
+        slab.release()
+        self._slabs.pop(id(slab), None)
+
+    def _move(self, state: StreamState, target: KVSlab, row: int) -> None:
+        target.copy_row_from(row, state._slab, state._row, state.length)
+        state._slab.owners[state._row] = None
+        target.owners[row] = state
+        state._slab, state._row = target, row
+
+    def _tidy(self, slab: KVSlab) -> None:
+        """Free ``slab`` when no stream is left in it; compact it when it is mostly empty or far too long.
+
+        Compaction moves the remaining streams (a copy of their past) into a slab with exactly their rows and the
+        capacity the longest needs. It happens when fewer than half of the rows are live, or when the capacity is
+        more than :data:`SHRINK_FACTOR` times the longest live stream: a slab is created full and capacity grows by
+        doubling, so each compaction is paid for by at least half a slab of departures or by a halving of the
+        length, and what is held stays within a constant factor of what the live rows need.
+        """
+        owners = [owner for owner in slab.owners if owner is not None]
+        if not owners:
+            self._release(slab)
+            return
+        longest = max(owner.length for owner in owners)
+        sparse = 2 * len(owners) < slab.n_rows
+        too_long = slab.capacity > max(SHRINK_FACTOR * (longest + 1), 2 * CAPACITY_QUANTUM)
+        if not (sparse or too_long) or not slab.is_allocated():
+            return
+        target = self._new_slab(len(owners), longest + CAPACITY_QUANTUM)
+        for row, state in enumerate(owners):
+            self._move(state, target, row)
+        self._release(slab)
+
     def _gather(self, states: list[StreamState]) -> KVSlab:
         """A slab that holds all ``states``; moves streams (copying their past) only when the batch changes.
 
         The slab holding most of the requested streams is reused when at least half of its rows take part (idle
         rows cost compute, never correctness) and its free rows can take the others; otherwise the requested
-        streams are copied into a fresh slab sized for them.
+        streams are copied into a fresh slab sized for them. The slabs the movers left are tidied (:meth:`_tidy`).
         """
         slabs = {}
         for state in states:
@@ -567,13 +701,14 @@ class StreamingMonitor:
             movers = outsiders
         else:
             capacity = max(s.length for s in states) + CAPACITY_QUANTUM
-            target, rows = KVSlab(self.n_layers, len(states), capacity), list(range(len(states)))
+            target, rows = self._new_slab(len(states), capacity), list(range(len(states)))
             movers = list(states)
+        sources = {id(state._slab): state._slab for state in movers}
         for state, row in zip(movers, rows):
-            target.copy_row_from(row, state._slab, state._row, state.length)
-            state._slab.owners[state._row] = None
-            target.owners[row] = state
-            state._slab, state._row = target, row
+            self._move(state, target, row)
+        for source in sources.values():
+            if source is not target:
+                self._tidy(source)
         return target
 
     def _forward(self, slab: KVSlab, row_ids: list[list[int]]) -> tuple[list[list[float]], list[list[float]]]:

@@ -33,7 +33,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList,
                           TextIteratorStreamer)
 
-from serve.monitor import PushResult, StreamingMonitor, resolve_dtype
+from serve.monitor import PushResult, StreamingMonitor, StreamLengthError, resolve_dtype
 from serve.generate import MonitorStoppingCriteria
 from utils.cli import parse_dataclasses
 from utils.io_utils import DataFormatError, read_jsonl, write_json
@@ -95,7 +95,42 @@ def check_args(args: StreamMonitorArguments) -> None:
     if args.do_sample and not (args.temperature > 0 and 0 < args.top_p <= 1):
         raise ValueError("--temperature must be > 0 and --top-p in (0, 1] when sampling")
     if args.input is not None and not Path(args.input).is_file():
-        raise ValueError(f"--input {args.input}: file not found")
+        raise ValueError(f"--input {args.input}: file not found (a relative path is taken from the current folder, "
+                         f"{Path.cwd().name}/)")
+    if args.generator is not None and not (Path(args.generator) / "config.json").is_file():
+        what = "is not a folder" if not Path(args.generator).is_dir() else "holds no config.json"
+        raise ValueError(f"--generator {args.generator} {what}: pass a Hugging Face causal LM folder (config.json, "
+                         f"weights, tokenizer), or leave --generator out to use the embedded SmolLM2-135M-Instruct")
+    if args.output_file is not None:
+        output = Path(args.output_file)
+        if output.is_dir():
+            raise ValueError(f"--output-file {args.output_file} is a folder; name a file, e.g. "
+                             f"{output / 'stream-results.json'}")
+        blocking = next((parent for parent in output.parents if parent.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ValueError(f"--output-file {args.output_file}: {blocking} is a file, so no folder can be made there")
+    check_device(args.device)
+
+
+def check_device(name: str) -> None:
+    """Refuse a device that does not exist here before anything is loaded.
+
+    Raises:
+        ValueError: an unknown device name, or a CUDA device without a visible GPU.
+    """
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is visible here (torch {torch.__version__}, "
+                             f"torch.cuda.is_available() is False); use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible; use "
+                             f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
 
 
 def _device(name: str) -> str:
@@ -158,7 +193,7 @@ def generate_with_criteria(monitor, generator, tokenizer, args, out: TextIO) -> 
     """Shared tokenizer: push generated ids through :class:`MonitorStoppingCriteria`; print approved tokens."""
     device = str(generator.device)
     inputs = chat_inputs(tokenizer, args.prompt, device)
-    state = monitor.start(args.prompt)
+    state = _start_prompt(monitor, args.prompt)
     printer = _IncrementalPrinter(tokenizer, out, not args.quiet)
 
     def show(row: int, ids: list[int], result: PushResult) -> None:
@@ -218,9 +253,9 @@ def generate_with_guard(monitor, generator, tokenizer, args, out: TextIO) -> dic
             outcome["error"] = err
             streamer.end()
 
+    guard = _start_prompt(monitor, args.prompt, guard=True, hold_back=args.hold_back)
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    guard = TextStreamGuard(monitor, args.prompt, hold_back=args.hold_back)
     shown, scores = [], []
     stop = None
     exhausted = False
@@ -265,6 +300,18 @@ def generate_with_guard(monitor, generator, tokenizer, args, out: TextIO) -> dic
             "max_score": max(scores) if scores else None, "count": guard.state.rule_state.count}
 
 
+def _start_prompt(monitor: StreamingMonitor, prompt: str, guard: bool = False, hold_back: bool = True):
+    """Start the --prompt's stream (or text guard); an over-long prompt is reported as --prompt's fault.
+
+    Raises:
+        ValueError: the prompt is longer than the monitor can take.
+    """
+    try:
+        return TextStreamGuard(monitor, prompt, hold_back=hold_back) if guard else monitor.start(prompt)
+    except StreamLengthError as err:
+        raise ValueError(f"--prompt: {err}") from None
+
+
 def read_pairs(path: str) -> list[dict[str, str]]:
     """Read ``{"prompt", "response"}`` records.
 
@@ -293,30 +340,46 @@ def chunk_text(text: str, chunk_chars: int, rng: random.Random) -> list[str]:
 
 
 def monitor_pairs(monitor, args, out: TextIO) -> list[dict[str, Any]]:
-    """File mode: stream every response through a text guard, chunk by chunk."""
+    """File mode: stream every response through a text guard, chunk by chunk.
+
+    A record the monitor cannot take whole (a prompt or a response beyond the model's maximum length) is reported
+    with its record number, what was monitored of it and the error; the other records are still monitored.
+    """
     rng = random.Random(args.seed)
     results = []
     for number, record in enumerate(read_pairs(args.input), start=1):
-        guard = TextStreamGuard(monitor, record["prompt"], hold_back=args.hold_back)
         if not args.quiet:
             out.write(f"\n[record {number}] ")
-        scores, stop = [], None
-        for chunk in chunk_text(record["response"], args.chunk_chars, rng):
-            update = guard.feed(chunk)
-            scores += update.scores
-            if not args.quiet:
-                out.write(update.released)
-            if update.stop is not None:
+        try:
+            guard = TextStreamGuard(monitor, record["prompt"], hold_back=args.hold_back)
+        except StreamLengthError as err:
+            results.append(_failed_record(number, record, f"record {number}: {err}", None))
+            continue
+        scores, stop, error = [], None, None
+        try:
+            for chunk in chunk_text(record["response"], args.chunk_chars, rng):
+                update = guard.feed(chunk)
+                scores += update.scores
+                if not args.quiet:
+                    out.write(update.released)
+                if update.stop is not None:
+                    stop = update.stop
+                    break
+            if stop is None:
+                update = guard.finish()
+                scores += update.scores
                 stop = update.stop
-                break
-        if stop is None:
-            update = guard.finish()
-            scores += update.scores
-            stop = update.stop
-            if not args.quiet:
-                out.write(update.released)
-        else:
+                if not args.quiet:
+                    out.write(update.released)
+        except StreamLengthError as err:
+            error = (f"record {number}: the response is longer than the monitor can score (the model's maximum is "
+                     f"{monitor.max_length} tokens, prompt included); it was monitored up to response token "
+                     f"{guard.state.n_response_tokens} and the rest was not shown ({err})")
+        finally:
             guard.close()
+        if error is not None:
+            results.append(_failed_record(number, record, error, guard))
+            continue
         if stop is not None and not args.quiet:
             out.write(f" {stop.notice}")
         results.append({"record": number, "prompt": record["prompt"], "path": "text-guard",
@@ -327,9 +390,20 @@ def monitor_pairs(monitor, args, out: TextIO) -> list[dict[str, Any]]:
     return results
 
 
+def _failed_record(number: int, record: dict[str, str], error: str, guard: TextStreamGuard | None) -> dict[str, Any]:
+    """The result of a record the monitor could not take whole: what was shown and scored, and why it ended."""
+    return {"record": number, "prompt": record["prompt"], "path": "text-guard",
+            "shown_text": guard.released_text if guard else "",
+            "response_tokens_scored": guard.state.n_response_tokens if guard else 0,
+            "stopped": False, "ended_by": "error", "error": error, "stop": None, "max_score": None,
+            "count": guard.state.rule_state.count if guard else 0}
+
+
 def describe_result(result: dict[str, Any], monitor: StreamingMonitor) -> str:
     """The one-line report of a stream: where and why it stopped, or why it ended."""
     stop = result["stop"]
+    if result.get("error"):
+        return f"NOT MONITORED TO THE END: {result['error']}"
     if stop is not None:
         return (f"STOPPED at response token {stop['index']} ({stop['token_text']!r}, id {stop['token_id']}): "
                 f"{stop['scorer']} score {stop['score']:.4f} >= theta {stop['theta']}; {stop['rule']} count "
@@ -377,6 +451,7 @@ def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, An
         prefix = f"[record {result['record']}] " if "record" in result else ""
         out.write(f"{prefix}{describe_result(result, monitor)}\n")
     report["results"] = results
+    report["failed_records"] = [result["record"] for result in results if result.get("error")]
     if args.output_file:
         write_json(args.output_file, report)
     return report
@@ -385,7 +460,11 @@ def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, An
 if __name__ == "__main__":
     (parsed,) = parse_dataclasses((StreamMonitorArguments,), prog=SCRIPT)
     try:
-        main(parsed)
+        outcome = main(parsed)
     except (ValueError, FileNotFoundError) as err:
         print(f"{SCRIPT}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    if outcome["failed_records"]:
+        print(f"{SCRIPT}: records {outcome['failed_records']} could not be monitored to the end (see above)",
+              file=sys.stderr)
+        sys.exit(1)

@@ -29,10 +29,10 @@ SCRIPT = "test.test_modernbert_full"
 
 @dataclass
 class EncoderFullArguments(EvalArguments):
-    """Flags of ``python -m test.test_modernbert_full`` (ModernBERT's 8,192-token context is the default cap)."""
+    """Flags of ``python -m test.test_modernbert_full`` (the paper's scripts truncate at 4,096 tokens)."""
 
-    max_length: int = field(default=8192, metadata={"help": "Truncate longer examples, keeping the final SEP; also "
-                                                            "capped by the encoder's position limit."})
+    max_length: int = field(default=4096, metadata={"help": "Truncate longer examples, keeping the final SEP (paper: "
+                                                            "4096); also capped by the encoder's position limit."})
 
 
 def parse_args(argv: list[str] | None = None) -> EncoderFullArguments:

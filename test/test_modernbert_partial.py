@@ -35,8 +35,8 @@ class EncoderPartialArguments(EvalArguments):
     batch_size: int = field(default=32, metadata={"help": "Prefixes per forward pass."})
     buffer_batches: int = field(default=32, metadata={
         "help": "Prefixes sorted together for padding = batch size x this (bounds memory)."})
-    max_length: int = field(default=8192, metadata={"help": "Truncate longer examples, keeping the final SEP; also "
-                                                            "capped by the encoder's position limit."})
+    max_length: int = field(default=4096, metadata={"help": "Truncate longer examples, keeping the final SEP (paper: "
+                                                            "4096); also capped by the encoder's position limit."})
 
 
 def parse_args(argv: list[str] | None = None) -> EncoderPartialArguments:

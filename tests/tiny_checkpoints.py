@@ -54,8 +54,12 @@ def build_tiny_scm(
     return folder
 
 
-def build_tiny_generator(folder: str | Path, tokenizer_path: str | Path, seed: int = 0) -> Path:
+def build_tiny_generator(folder: str | Path, tokenizer_path: str | Path, seed: int = 0, varied: bool = False) -> Path:
     """Save a tiny random ``LlamaForCausalLM`` (with ``tokenizer_path``'s tokenizer and chat template) into ``folder``.
+
+    Args:
+        varied: untied output head and large random weights, so that greedy decoding wanders through the vocabulary
+            instead of repeating one token (what the default tiny model does); tests that compare texts need it.
 
     Returns:
         The folder.
@@ -63,7 +67,10 @@ def build_tiny_generator(folder: str | Path, tokenizer_path: str | Path, seed: i
     folder = Path(folder)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_llama_config(tokenizer))
+    config = tiny_llama_config(tokenizer)
+    if varied:
+        config.initializer_range, config.tie_word_embeddings = 0.5, False
+    model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)

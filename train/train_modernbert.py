@@ -8,8 +8,11 @@ Commands (the shell drivers chain exactly these)::
     # paper hyper-parameters: 1 epoch, batch 4 x accumulation 4, AdamW 2e-5, ExponentialLR 0.995 per step
     python -m train.train_modernbert --data-dir baseline_modernbert --base-model-path /path/to/ModernBERT-large \
         --output-dir baseline_modernbert-full
-    # multi-GPU
+    # multi-GPU (DDP through the Trainer: each process trains on its shard; --deepspeed CONFIG also works)
     accelerate launch --num_processes 8 -m train.train_modernbert --data-dir ... --base-model-path ... --output-dir ...
+    torchrun --nproc_per_node 8 -m train.train_modernbert --data-dir ... --base-model-path ... --output-dir ...
+    # the paper code's precision and optimiser: fp32 weights, no autocast, AdamW decaying every parameter
+    python -m train.train_modernbert --data-dir ... --base-model-path ... --output-dir ... --paper-precision
 
 Any ``transformers.TrainingArguments`` flag also works. Runs resume from the newest checkpoint unless ``--no-resume``.
 """
@@ -20,6 +23,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from model import EncoderForSequenceClassification
 from utils.cli import parse_dataclasses
 from utils.training import CommonModelArguments, PaperTrainingArguments, load_tokenizer, run_training
@@ -29,9 +34,10 @@ logger = logging.getLogger("train_modernbert")
 
 @dataclass
 class EncoderModelArguments(CommonModelArguments):
-    """Model and data options for the encoder baseline (ModernBERT's 8,192-token context is the default cap)."""
+    """Model and data options for the encoder baseline (the paper's scripts truncate at 4,096 tokens)."""
 
-    max_length: int = field(default=8192, metadata={"help": "Truncate longer examples, keeping the final SEP."})
+    max_length: int = field(default=4096, metadata={"help": "Truncate longer examples, keeping the final SEP "
+                                                            "(paper: 4096; ModernBERT's context is 8192)."})
 
 
 @dataclass
@@ -62,9 +68,9 @@ def main(model_args: EncoderModelArguments, train_args: EncoderTrainingArguments
     tokenizer = load_tokenizer(model_args.base_model_path)
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
 
-    def build_model() -> EncoderForSequenceClassification:
+    def build_model(dtype: torch.dtype | None) -> EncoderForSequenceClassification:
         return EncoderForSequenceClassification.from_encoder(
-            model_args.base_model_path, attn_implementation=model_args.attn_implementation
+            model_args.base_model_path, dtype=dtype, attn_implementation=model_args.attn_implementation
         )
 
     return run_training(
@@ -73,6 +79,7 @@ def main(model_args: EncoderModelArguments, train_args: EncoderTrainingArguments
         model_args,
         train_args,
         default_lr_decay=0.995,
+        paper_dtype=torch.float32,  # the paper's code loads ModernBERT in fp32 and trains without autocast
         with_token_labels=False,
         keep_last_id=sep,
         model_info={"task": "encoder-full"},

@@ -10,9 +10,19 @@ Commands (the shell drivers chain exactly these)::
     # Qwen full-detection baseline (holistic cross-entropy only: alpha = 0, gamma = 0)
     python -m train.train_qwen --task qwen-full --data-dir baseline-qwen --base-model-path /path/to/Qwen2.5-0.5B \
         --output-dir baseline-qwen-0.5b
-    # multi-GPU (data parallel through the Trainer's accelerate integration)
+    # the paper code's precision and optimiser exactly: pure-bf16 weights (no fp32 master copy, no autocast) and
+    # torch.optim.AdamW over all parameters, weight decay 0.01 on every one (default: fp32 master weights, bf16
+    # autocast on CUDA, no decay on biases and norms)
+    python -m train.train_qwen --task scm --data-dir scm --base-model-path /path/to/Qwen2.5-0.5B --output-dir scm-0.5b \
+        --paper-precision
+    # multi-GPU: one process per GPU, each on its shard of the data, gradients averaged (DDP through the Trainer);
+    # --per-device-train-batch-size is per process, so 8 GPUs x 8 x accumulation 2 = 128 examples per step
     accelerate launch --num_processes 8 -m train.train_qwen --task scm --data-dir scm --base-model-path ... --output-dir ...
     torchrun --nproc_per_node 8 -m train.train_qwen --task scm ...
+    # DeepSpeed, as the paper's --deepspeed flag (needs `pip install deepspeed`)
+    torchrun --nproc_per_node 8 -m train.train_qwen --task scm ... --deepspeed ds_zero2.json
+    # CPU data parallel (gloo; accelerate launch --cpu starts one process only, so use torchrun)
+    torchrun --nproc_per_node 2 -m train.train_qwen --task scm ...
 
 Any ``transformers.TrainingArguments`` flag also works (``--max-steps 2``, ``--logging-steps 1``, ...). A run
 resumes from the newest ``checkpoint-*`` in ``--output-dir`` unless ``--no-resume``; the best checkpoint (lowest
@@ -24,6 +34,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from model import SCMModel
 from model.modeling_qwen4dual_2CE_w_logic import POOLING_RULES, PAPER_POOLING, pooling_pad_id
@@ -85,9 +97,10 @@ def main(model_args: QwenModelArguments, train_args: QwenTrainingArguments) -> P
     gamma = default_gamma if model_args.gamma is None else model_args.gamma
     tokenizer = load_tokenizer(model_args.base_model_path)
 
-    def build_model() -> SCMModel:
+    def build_model(dtype: torch.dtype | None) -> SCMModel:
         return SCMModel.from_backbone(
             model_args.base_model_path,
+            dtype=dtype,
             attn_implementation=model_args.attn_implementation,
             alpha=alpha,
             gamma=gamma,
@@ -105,6 +118,7 @@ def main(model_args: QwenModelArguments, train_args: QwenTrainingArguments) -> P
         model_args,
         train_args,
         default_lr_decay=0.999 if batch < 4 else 0.99,
+        paper_dtype=torch.bfloat16,  # the paper's code loads the Qwen backbone in bf16 and trains those weights
         with_token_labels=True,
         keep_last_id=None,
         model_info={"task": model_args.task, "alpha": alpha, "gamma": gamma,

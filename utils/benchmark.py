@@ -668,15 +668,16 @@ def _train_dataset(records: list[dict[str, Any]]) -> tuple[Any, str]:
 def _training_run(run: Run, model: SCMModel, records: list[dict[str, Any]], settings: Settings, deadline: Deadline,
                   paper_style: bool, steps: int) -> dict[str, Any]:
     from train.train_qwen import QwenTrainingArguments
-    from utils.training import MonitorTrainer, PaddingCollator, resolve_precision, use_length_grouping
+    from utils.training import MonitorTrainer, PaddingCollator, use_length_grouping
 
     args, device = settings.args, settings.device
     with tempfile.TemporaryDirectory(prefix="scm-bench-train-") as output_dir:
         train_args = QwenTrainingArguments(
             output_dir=output_dir, max_steps=args.train_warmup_steps + steps, eval_strategy="no",
             save_strategy="no", load_best_model_at_end=False, report_to="none", disable_tqdm=True,
-            seed=args.seed, dataloader_pin_memory=device.type == "cuda")
-        precision = resolve_precision(train_args, "bf16" if device.type == "cuda" else "fp32")
+            seed=args.seed, dataloader_pin_memory=device.type == "cuda",
+            precision="bf16" if device.type == "cuda" else "fp32")
+        precision = train_args.precision
         if not paper_style:
             use_length_grouping(train_args)
         train_args.label_names = ["token_labels", "sequence_labels"]

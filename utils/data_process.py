@@ -14,16 +14,24 @@ Commands (from the repository root; ``scripts/run-data.sh OUTPUT_DIR TOKENIZER_P
     # a quick run: 50 examples of the test split only, two worker processes
     python -m utils.data_process --output-dir /tmp/q --tokenizer-path PATH --splits test --limit 50 --num-workers 2
 
-Per example the ids are ``[BOS] + tokens(prompt + "\\n\\n") + for each sentence: tokens(sentence) + tokens("\\n")
-+ [EOS]``, every piece encoded on its own without special tokens. BOS falls back to CLS and EOS to SEP; either is
-left out when the tokenizer has neither (Qwen2.5 base has no BOS; a WordPiece tokenizer encodes "\\n" to nothing,
-so there is then no newline token). Labels: -100 for BOS, prompt and EOS; a sentence token is 1 when any word
-aligned to it is harmful, 0 when it aligns only to benign words, -100 when it aligns to no word; newline tokens
-are 0. Words are aligned to tokens with ``spacy_alignments.get_alignments(words, [tokenizer.decode([t]) ...])``,
-a character-level alignment that ignores whitespace, case and accents.
+    # several FineHarm-format folders in one output, e.g. FineHarm plus your own annotated data
+    # (python -m utils.annotate) counted twice in training: validation and test are concatenated unweighted
+    python -m utils.data_process --output-dir scm-mixed --tokenizer-path PATH \\
+        --input-dir FineHarm my-annotated-data --source-weights 1 2
+
+Per example the ids are ``[BOS] + tokens(prompt + "\\n\\n") + for each sentence: tokens(sentence) + tokens("\\n") +
+[EOS]``, every piece encoded on its own as plain text (a string such as ``<|im_end|>`` in a prompt or response is
+encoded as ordinary text, never as a control token: ``utils/text_encoding.py``). BOS falls back to CLS and EOS to
+SEP; either is left out when the tokenizer has neither (Qwen2.5 base has no BOS; a WordPiece tokenizer encodes "\\n"
+to nothing, so there is then no newline token). Labels: -100 for BOS, prompt and EOS; a sentence token is 1 when any
+word aligned to it is harmful, 0 when it aligns only to benign words, -100 when it aligns to no word; newline tokens
+are 0. Words are aligned to tokens with ``spacy_alignments.get_alignments(words, [tokenizer.decode([t]) ...])``, a
+character-level alignment that ignores whitespace, case and accents.
 
 Output (docs/ARCHITECTURE.md): ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (``id``, ``input_ids``,
-``token_labels``, ``sequence_labels``, ``response_start``) and ``meta.json``. All input is validated before
+``token_labels``, ``sequence_labels``, ``response_start``, and ``source``, the index of the input folder, when there
+are several) and ``meta.json`` (``sources``: each folder with its weight and the examples read and used per split;
+mixing rules in ``utils/processed_data.py``). All input is validated before
 anything is written; the files are written into a temporary sibling folder that replaces OUTPUT_DIR only when
 complete, so an interrupted or failed run leaves OUTPUT_DIR as it was.
 """
@@ -43,6 +51,8 @@ from tqdm.auto import tqdm
 
 from utils.fineharm import SPLITS, load_fineharm, response_label
 from utils.io_utils import staged_output_dir, write_json, write_jsonl
+from utils.processed_data import check_weights, mix_sources
+from utils.text_encoding import encode_texts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FORMAT_VERSION = 1
@@ -153,14 +163,52 @@ class ExampleEncoder:
         self._pieces: dict[int, str] = {}
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        # verbose=False: examples longer than model_max_length are expected (training truncates), not an error.
-        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        # As plain text: a response that mentions "<|im_end|>" is words, never the control token (the streaming
+        # runtime encodes prompts and responses the same way; see utils/text_encoding.py).
+        return encode_texts(self.tokenizer, texts)
 
     def _piece(self, token_id: int) -> str:
         piece = self._pieces.get(token_id)
         if piece is None:
             piece = self._pieces[token_id] = self.tokenizer.decode([token_id])
         return piece
+
+    def layouts(self, items: Sequence[tuple[str, Sequence[str]]]) -> list["Layout"]:
+        """Token ids of several ``(prompt, sentences)`` pairs in the project's layout, with every sentence's span.
+
+        One tokenizer call covers all texts. The layout is the paper's: ``[BOS] + tokens(prompt + "\\n\\n") + for
+        each sentence: tokens(sentence) + tokens("\\n") + [EOS]``, every piece encoded on its own.
+
+        Args:
+            items: ``(prompt, sentences)`` per example.
+
+        Returns:
+            One :class:`Layout` per item.
+        """
+        texts: list[str] = []
+        for prompt, sentences in items:
+            texts.append(prompt + PROMPT_SEPARATOR)
+            texts.extend(sentences)
+        encoded = iter(self._encode(texts))
+
+        layouts = []
+        for _, sentences in items:
+            input_ids: list[int] = [self.start_id] if self.start_id is not None else []
+            prompt_ids = next(encoded)
+            if self.max_prompt_tokens is not None and len(prompt_ids) > self.max_prompt_tokens:
+                prompt_ids = prompt_ids[len(prompt_ids) - self.max_prompt_tokens :]
+            input_ids.extend(prompt_ids)
+            response_start = len(input_ids)
+            spans = []
+            for _ in sentences:
+                sentence_ids = next(encoded)
+                spans.append((len(input_ids), len(input_ids) + len(sentence_ids)))
+                input_ids.extend(sentence_ids)
+                input_ids.extend(self.newline_ids)
+            if self.end_id is not None:
+                input_ids.append(self.end_id)
+            layouts.append(Layout(input_ids, response_start, spans))
+        return layouts
 
     def encode_examples(self, examples: Sequence[dict]) -> list[dict]:
         """Encode and label several records (one tokenizer call for all their texts).
@@ -171,42 +219,39 @@ class ExampleEncoder:
         Returns:
             Per record ``{"input_ids", "token_labels", "sequence_labels", "response_start"}``.
         """
-        texts: list[str] = []
-        for example in examples:
-            texts.append(example["prompt"] + PROMPT_SEPARATOR)
-            texts.extend(example["sentences"])
-        encoded = iter(self._encode(texts))
-
+        layouts = self.layouts([(example["prompt"], example["sentences"]) for example in examples])
         results = []
-        for example in examples:
-            input_ids: list[int] = []
-            labels: list[int] = []
-            if self.start_id is not None:
-                input_ids.append(self.start_id)
-                labels.append(IGNORE_INDEX)
-            prompt_ids = next(encoded)
-            if self.max_prompt_tokens is not None and len(prompt_ids) > self.max_prompt_tokens:
-                prompt_ids = prompt_ids[len(prompt_ids) - self.max_prompt_tokens :]
-            input_ids.extend(prompt_ids)
-            labels.extend([IGNORE_INDEX] * len(prompt_ids))
-            response_start = len(input_ids)
-            for words, word_labels in zip(example["words"], example["word_labels"]):
-                sentence_ids = next(encoded)
-                pieces = [self._piece(token_id) for token_id in sentence_ids]
-                input_ids.extend(sentence_ids)
-                labels.extend(sentence_token_labels(words, word_labels, pieces))
-                input_ids.extend(self.newline_ids)
-                labels.extend([0] * len(self.newline_ids))
-            if self.end_id is not None:
-                input_ids.append(self.end_id)
-                labels.append(IGNORE_INDEX)
+        for example, layout in zip(examples, layouts):
+            ids = layout.input_ids
+            # Everything outside a sentence is unlabelled (BOS, prompt, EOS) except the newline after each sentence.
+            labels = [IGNORE_INDEX] * len(ids)
+            for (begin, end), words, word_labels in zip(layout.sentence_spans, example["words"],
+                                                        example["word_labels"]):
+                pieces = [self._piece(token_id) for token_id in ids[begin:end]]
+                labels[begin:end] = sentence_token_labels(words, word_labels, pieces)
+                labels[end : end + len(self.newline_ids)] = [0] * len(self.newline_ids)
             results.append({
-                "input_ids": input_ids,
+                "input_ids": ids,
                 "token_labels": labels,
                 "sequence_labels": response_label(example),
-                "response_start": response_start,
+                "response_start": layout.response_start,
             })
         return results
+
+
+@dataclass
+class Layout:
+    """One example's token ids in the project's layout.
+
+    Attributes:
+        input_ids: ``[BOS?] + prompt + "\\n\\n" + (sentence + "\\n")* + [EOS?]``.
+        response_start: index of the first response token.
+        sentence_spans: ``(begin, end)`` of each sentence's own tokens (its newline excluded).
+    """
+
+    input_ids: list[int]
+    response_start: int
+    sentence_spans: list[tuple[int, int]]
 
 
 # ------------------------------------------------------------------------------------------------ worker processes
@@ -277,11 +322,18 @@ class DataProcessArguments:
         metadata={"help": "Folder with the tokenizer of the model to be trained (Qwen for SCM and the Qwen baseline, "
                   "the encoder's for the encoder baseline)."}
     )
-    input_dir: str = field(
-        default=str(REPO_ROOT / "FineHarm"),
-        metadata={"help": "FineHarm-format folder with train_new.json, valid_new.json and test_new.json "
-                  "(default: the project's FineHarm/ folder; see FineHarm/README.md)."},
+    input_dir: list[str] = field(
+        default_factory=lambda: [str(REPO_ROOT / "FineHarm")],
+        metadata={"help": "FineHarm-format folder(s) with train_new.json, valid_new.json and test_new.json "
+                  "(default: the project's FineHarm/ folder; see FineHarm/README.md). Several folders are mixed "
+                  "into one output (see --source-weights)."},
     )
+    source_weights: Optional[list[float]] = field(
+        default=None,
+        metadata={"help": "One weight per --input-dir folder for the training split (2 = every example twice, "
+                  "0.5 = a seeded random half); default 1 each. Validation and test are concatenated unweighted."},
+    )
+    mix_seed: int = field(default=42, metadata={"help": "Seed of the weighted subsampling of training examples."})
     splits: list[str] = field(
         default_factory=lambda: list(SPLITS),
         metadata={"help": "Splits to process.", "choices": list(SPLITS)},
@@ -315,13 +367,23 @@ class DataProcessArguments:
             raise ValueError(f"--splits got unknown split(s) {unknown}; choose from {list(SPLITS)}")
         if len(set(self.splits)) != len(self.splits):
             raise ValueError(f"--splits lists a split twice: {self.splits}")
+        if isinstance(self.input_dir, (str, os.PathLike)):
+            self.input_dir = [str(self.input_dir)]
+        if not self.input_dir:
+            raise ValueError("--input-dir needs at least one FineHarm-format folder")
+        if len(set(self.input_dir)) != len(self.input_dir):
+            raise ValueError(f"--input-dir lists a folder twice ({self.input_dir}); use --source-weights to weigh "
+                             f"a folder up")
+        self.source_weights = check_weights(self.source_weights, len(self.input_dir), "--source-weights")
 
 
 def _describe_path(path: str) -> str:
     return str(Path(path).resolve()) if Path(path).exists() else path
 
 
-def build_meta(args: DataProcessArguments, tokenizer, encoder: ExampleEncoder, split_stats: dict) -> dict:
+def build_meta(
+    args: DataProcessArguments, tokenizer, encoder: ExampleEncoder, split_stats: dict, sources: list[dict]
+) -> dict:
     """The ``meta.json`` of a processed folder (docs/ARCHITECTURE.md), so consumers need not guess.
 
     Args:
@@ -329,6 +391,7 @@ def build_meta(args: DataProcessArguments, tokenizer, encoder: ExampleEncoder, s
         tokenizer: the tokenizer used.
         encoder: its encoder (boundary and newline ids).
         split_stats: ``{split: {"examples", "harmful", "tokens", ...}}``.
+        sources: per input folder: path, weight, ``{split: {"read", "used"}}``.
 
     Returns:
         The metadata dictionary.
@@ -348,7 +411,14 @@ def build_meta(args: DataProcessArguments, tokenizer, encoder: ExampleEncoder, s
         "eos_appended": encoder.end_id is not None,
         "newline_token_ids": list(encoder.newline_ids),
         "prompt_separator": PROMPT_SEPARATOR,
-        "source": _describe_path(args.input_dir),
+        # Added-token strings in the text were encoded as ordinary text (utils/text_encoding.py), as the streaming
+        # runtime encodes prompts and responses.
+        "text_encoding": "plain",
+        # One folder: its path, as before; several: the list (details under "sources").
+        "source": _describe_path(args.input_dir[0]) if len(args.input_dir) == 1
+        else [_describe_path(d) for d in args.input_dir],
+        "sources": sources,
+        "mix_seed": args.mix_seed,
         "limit": args.limit,
         "max_prompt_tokens": args.max_prompt_tokens,
         "splits": split_stats,
@@ -383,10 +453,12 @@ def main(args: DataProcessArguments) -> dict:
     """
     started = time.perf_counter()
     # Everything that can fail because of the user's input fails here, before any output exists.
-    data = load_fineharm(args.input_dir, args.splits)
+    data = [load_fineharm(folder, args.splits) for folder in args.input_dir]
     tokenizer = load_tokenizer(args.tokenizer_path)
     encoder = ExampleEncoder(tokenizer, args.max_prompt_tokens)
     split_stats: dict[str, dict] = {}
+    sources = [{"path": _describe_path(folder), "weight": weight, "splits": {}}
+               for folder, weight in zip(args.input_dir, args.source_weights)]
     pool = None
     if args.num_workers > 1:
         # spawn, not fork: the parent's Rust tokenizer may already run threads, which fork would break.
@@ -395,15 +467,21 @@ def main(args: DataProcessArguments) -> dict:
                             initargs=(args.tokenizer_path, args.max_prompt_tokens))
     try:
         with staged_output_dir(args.output_dir, OUTPUT_NAMES) as tmp:
-            for split, examples in data.items():
-                if args.limit is not None:
-                    examples = examples[: args.limit]
+            for split in args.splits:
+                parts = [source[split][: args.limit] if args.limit is not None else source[split] for source in data]
+                # Weights scale the training split only; evaluation splits keep every source as it is.
+                weights = args.source_weights if split == "train" else [1.0] * len(parts)
+                examples, origin, used = mix_sources(parts, weights, args.mix_seed)
+                for source, part, count in zip(sources, parts, used):
+                    source["splits"][split] = {"read": len(part), "used": count}
                 stats = split_stats[split] = dict.fromkeys(
                     ("examples", "harmful", "tokens", "labelled_response_tokens", "harmful_tokens"), 0
                 )
                 records = iter_processed(split, examples, encoder, pool, args.show_progress)
+                if len(data) > 1:
+                    records = ({**record, "source": index} for record, index in zip(records, origin))
                 write_jsonl(tmp / f"{split}.jsonl", _count(records, stats))
-            meta = build_meta(args, tokenizer, encoder, split_stats)
+            meta = build_meta(args, tokenizer, encoder, split_stats, sources)
             write_json(tmp / "meta.json", meta)
     finally:
         if pool is not None:

@@ -36,7 +36,8 @@ logger = logging.getLogger("evaluation")
 SPLITS = ("train", "val", "test")
 CAUSAL_TASKS = ("scm", "qwen-full")
 ENCODER_TASKS = ("encoder-full",)
-MONITOR_MODEL_TYPES = ("scm", "scm-encoder-classifier")
+LEXICAL_TASKS = ("lexical",)
+MONITOR_MODEL_TYPES = ("scm", "scm-encoder-classifier", "scm-lexical")
 # Which entry point evaluates which kind of checkpoint (quoted in "wrong checkpoint" errors).
 SCRIPTS_FOR_TASK = {
     "scm": "python -m test.test_qwen_partial (bash scripts/run-scm.sh test ...) or python -m test.test_qwen_full",
@@ -44,6 +45,7 @@ SCRIPTS_FOR_TASK = {
                  "test.test_qwen_partial (bash scripts/run-qwen-partial.sh test ...)",
     "encoder-full": "python -m test.test_modernbert_full (bash scripts/run-modernbert-full.sh test ...) or python -m "
                     "test.test_modernbert_partial (bash scripts/run-modernbert-partial.sh test ...)",
+    "lexical": "python -m test.test_lexical --mode full|partial (bash scripts/run-lexical.sh test ...)",
 }
 
 
@@ -182,9 +184,9 @@ def checkpoint_task(model_path: str | Path) -> str:
     config = read_json(config_file)
     model_type = config.get("model_type")
     if model_type not in MONITOR_MODEL_TYPES:
-        raise ValueError(f"{path} is a {model_type!r} model, not a trained monitor (model_type scm or "
-                         f"scm-encoder-classifier); train one with bash scripts/run-scm.sh / run-qwen-full.sh / "
-                         f"run-modernbert-full.sh")
+        raise ValueError(f"{path} is a {model_type!r} model, not a trained monitor (model_type scm, "
+                         f"scm-encoder-classifier or scm-lexical); train one with bash scripts/run-scm.sh / "
+                         f"run-qwen-full.sh / run-modernbert-full.sh / run-lexical.sh")
     return config.get("task") or ("encoder-full" if model_type == "scm-encoder-classifier" else "scm")
 
 
@@ -214,6 +216,7 @@ class Checkpoint:
     max_positions: int | None
     pad_id: int
     backbone_type: str | None
+    vocab_size: int | None = None  # ids the model accepts; None: the input embedding table's size
 
 
 def load_checkpoint(
@@ -376,13 +379,30 @@ def prepare_examples(
         DataFormatError: ids outside the model's vocabulary (data processed with another tokenizer), or a
             ``response_start`` outside its sequence.
     """
-    vocab = checkpoint.model.get_input_embeddings().num_embeddings
+    vocab = checkpoint.vocab_size or checkpoint.model.get_input_embeddings().num_embeddings
     check_vocabulary(records, vocab, data_dir, str(checkpoint.path))
+    return prepare_split(records, data_dir, split, checkpoint.tokenizer, max_length, keep_suffix_on_truncation)
+
+
+def prepare_split(
+    records: list[dict[str, Any]],
+    data_dir: str | Path,
+    split: str,
+    tokenizer: Any,
+    max_length: int,
+    keep_suffix_on_truncation: bool,
+) -> list[EvalExample]:
+    """Prepare a split's validated records (:func:`prepare_example`), without a model (the lexical floor's training
+    uses it too). ``tokenizer`` only matters for hand-made folders without ``meta.json``.
+
+    Raises:
+        DataFormatError: a ``response_start`` outside its sequence.
+    """
     meta = load_meta(data_dir)
     path = Path(data_dir) / f"{split}.jsonl"
     return [
-        prepare_example(record, f"{path}, line {line}", max_length,
-                        _eos_appended(meta, record, checkpoint.tokenizer), keep_suffix_on_truncation)
+        prepare_example(record, f"{path}, line {line}", max_length, _eos_appended(meta, record, tokenizer),
+                        keep_suffix_on_truncation)
         for line, record in enumerate(records, start=1)
     ]
 
@@ -559,6 +579,7 @@ def prediction_records(examples: Sequence[EvalExample], scored: Sequence[ScoredE
 
 
 InferenceFn = Callable[[Checkpoint, list[EvalExample], str], list[ScoredExample]]
+LoadFn = Callable[[torch.device, torch.dtype], Checkpoint]
 
 
 def run_evaluation(
@@ -569,6 +590,7 @@ def run_evaluation(
     infer: InferenceFn,
     scorers: Sequence[str],
     keep_suffix_on_truncation: bool,
+    load_model: LoadFn | None = None,
 ) -> dict[str, Any]:
     """The flow every entry point shares: load, score each split, write predictions, then metrics from the files,
     plots, ``summary.json`` and ``report.md``.
@@ -580,6 +602,8 @@ def run_evaluation(
         infer: ``f(checkpoint, examples, split) -> scores`` (the script's way of scoring).
         scorers: per-prefix score names the inference writes (empty for full detection).
         keep_suffix_on_truncation: see :func:`prepare_example`.
+        load_model: ``f(device, dtype) -> Checkpoint`` for models that are not torch checkpoints (the lexical
+            floor); default :func:`load_checkpoint`.
 
     Returns:
         The summary (also written to ``<output_dir>/summary.json``).
@@ -594,7 +618,10 @@ def run_evaluation(
     output_dir = Path(args.output_dir)
     # Data first: a bad data folder fails before minutes of model loading.
     data_by_split = {split: load_split_records(args.data_dir, split, args.limit) for split in splits}
-    checkpoint = load_checkpoint(args.model_path, allowed_tasks, script, device, dtype, args.attn_implementation)
+    if load_model is None:
+        checkpoint = load_checkpoint(args.model_path, allowed_tasks, script, device, dtype, args.attn_implementation)
+    else:
+        checkpoint = load_model(device, dtype)
     max_length = args.max_length
     if checkpoint.max_positions and checkpoint.max_positions < max_length:
         logger.warning("--max-length %d exceeds the model's %d positions; using %d", max_length,

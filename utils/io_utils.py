@@ -86,12 +86,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
     Raises:
         FileNotFoundError: when the file is missing.
-        DataFormatError: on an invalid line or a line that is not a JSON object, naming the line number.
+        DataFormatError: on an invalid line, a line that is not UTF-8 text or not a JSON object, naming the line.
     """
     path = Path(path)
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataFormatError(f"{path}, line {line_no}: not UTF-8 text (byte {err.start + 1} of the line is "
+                                      f"{raw[err.start]:#04x}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:

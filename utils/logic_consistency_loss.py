@@ -5,6 +5,19 @@ that token is harmful. The rule ``H -> exists t: T_t`` is relaxed with product f
 ``P(F) = 1 - p_hol + p_hol * g`` where ``g`` aggregates the token probabilities (max by default, as an "exists").
 The loss is ``-log P(F)``, so it is zero when the response is judged benign or when some token carries the harm,
 and it grows when the holistic head flags a response in which no token is flagged.
+
+Difference from the paper's code (docs/DEVIATIONS.md). The paper's code multiplies the token probabilities by the
+mask and reduces over the whole row, zeros included; its rows are padded to 4,096 tokens and include the prompt.
+
+- ``max`` (the default, used for every reported result): identical. A masked zero never exceeds a probability, so
+  the paper's value and this one agree, with any padding.
+- ``min``: the paper's is 0 whenever a row has one unlabelled or padded position (always, in practice), so ``g``
+  carries no information. Here unlabelled positions get the neutral value 1: the minimum over labelled tokens.
+- ``avg``: the paper's divides the sum by the row length (4,096 with its padding). Here it divides by the number of
+  labelled tokens, which does not depend on padding.
+
+There is no flag for the paper's ``min``/``avg``: the paper reports ``max`` only, and its ``min``/``avg`` depend on
+the padded length, which the project's dynamic padding does not reproduce.
 """
 
 from __future__ import annotations

@@ -5,12 +5,23 @@
 - :func:`truncate_records`: ``--max-length`` truncation, counted so it can be reported.
 - :class:`MonitorTrainer`: HF Trainer through hf-mtask-trainer (per-loss logging: token, holistic, logic) with the
   transformers-5 fix (``_nested_gather`` was removed from ``Trainer``) and the paper's ExponentialLR schedule.
+- Precision (``--precision``, ``--paper-precision``): by default fp32 master weights with bf16 autocast on CUDA
+  (fp32 on a CPU) and the Trainer's AdamW, which does not decay biases and norm weights. ``--paper-precision``
+  trains as the paper's code does: the weights themselves in the paper's dtype (bf16 for SCM/Qwen, whose backbone the
+  paper loads in bf16; fp32 for the encoder), no autocast, and ``torch.optim.AdamW(model.parameters())`` with
+  ``--weight-decay`` on every parameter, biases and norms included.
+- Distributed data parallel through the Trainer: ``torchrun``/``accelerate launch`` start one process per device,
+  each trains on its shard of every epoch, gradients are averaged, and rank 0 alone writes the final folder.
+  ``--deepspeed CONFIG`` is passed to the Trainer as in the paper's code (the ``deepspeed`` package must be
+  installed). On a machine without CUDA a distributed launch trains on the CPU over gloo.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -122,20 +133,54 @@ def use_length_grouping(args: TrainingArguments) -> None:
     args.length_column_name = "length"
 
 
-def resolve_precision(args: TrainingArguments, precision: str) -> str:
-    """Apply ``--precision auto|bf16|fp16|fp32``: auto = bf16 on a CUDA GPU that supports it, else fp32.
+PAPER_PRECISION = "paper"
+
+
+def launched_distributed() -> bool:
+    """Whether this process is one of several started by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def check_deepspeed(config: str | dict | None) -> None:
+    """Fail early and clearly on ``--deepspeed CONFIG`` that cannot work.
 
     Raises:
-        ValueError: for a half precision on a machine without CUDA.
+        ImportError: the ``deepspeed`` package is not installed.
+        FileNotFoundError: ``config`` names a JSON file that does not exist.
     """
+    if not config:
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ImportError("--deepspeed needs the deepspeed package, which is not installed: `pip install deepspeed` "
+                          "(on a CUDA machine), or train without --deepspeed (plain data parallel through torchrun "
+                          "or accelerate launch)")
+    if isinstance(config, str) and not config.lstrip().startswith("{") and not Path(config).is_file():
+        raise FileNotFoundError(f"--deepspeed {config}: no such DeepSpeed config file; give the path of its JSON "
+                                f"(e.g. a ZeRO-2 config with \"bf16\": {{\"enabled\": \"auto\"}})")
+
+
+def resolve_precision(precision: str, paper_precision: bool = False) -> str:
+    """Resolve ``--precision auto|bf16|fp16|fp32`` (auto = bf16 on a CUDA GPU that supports it, else fp32), or
+    ``"paper"`` under ``--paper-precision`` (the weights in the paper's dtype, no autocast).
+
+    Raises:
+        ValueError: an unknown value, a half precision on a machine without CUDA, or ``--paper-precision`` together
+            with an explicit ``--precision``.
+    """
+    if paper_precision:
+        if precision not in ("auto", PAPER_PRECISION):
+            raise ValueError(f"--paper-precision sets the precision itself (the paper's weight dtype, no autocast); "
+                             f"drop --precision {precision}")
+        return PAPER_PRECISION
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
-        raise ValueError(f"--precision {precision} needs a CUDA GPU; use --precision fp32 (or auto) on a CPU")
     if precision not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"--precision must be auto, bf16, fp16 or fp32, got {precision!r}")
-    args.bf16 = precision == "bf16"
-    args.fp16 = precision == "fp16"
+    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
+        raise ValueError(f"--precision {precision} needs a CUDA GPU; use --precision fp32 (or auto) on a CPU")
     return precision
 
 
@@ -171,8 +216,9 @@ class MonitorTrainer(_BaseTrainer):
             (``--lr-scheduler-type``, ``--warmup-steps``).
     """
 
-    def __init__(self, *args: Any, lr_decay: float | None = 0.99, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lr_decay: float | None = 0.99, paper_optimizer: bool = False, **kwargs: Any) -> None:
         self.lr_decay = lr_decay
+        self.paper_optimizer = paper_optimizer
         super().__init__(*args, **kwargs)
         # hf-mtask-trainer binds `report_metrics` only when it first patches a model class, so a second trainer in
         # the same process (resume, tests, sweeps) would log nothing: bind this trainer's state explicitly.
@@ -183,6 +229,18 @@ class MonitorTrainer(_BaseTrainer):
     def _nested_gather(self, tensors: Any) -> Any:
         # hf-mtask-trainer 0.0.5 calls this at every log; transformers 5.2 removed it from Trainer.
         return self.accelerator.gather(tensors)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's AdamW (no decay on biases and norms), or with ``paper_optimizer`` the paper code's
+        ``torch.optim.AdamW(model.parameters())``: one group, ``--weight-decay`` on every parameter."""
+        if not self.paper_optimizer:
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            args = self.args
+            self.optimizer = torch.optim.AdamW((model if model is not None else self.model).parameters(),
+                                               lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                               eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_decay is None:
@@ -235,12 +293,18 @@ class CommonModelArguments:
     """Options shared by both training scripts (the model-specific ones live in each script)."""
 
     base_model_path: str = field(metadata={"help": "Local folder of the backbone (HF format)."})
-    data_dir: str = field(metadata={"help": "Processed data folder (train.jsonl, val.jsonl) from scripts/run-data.sh."})
+    data_dir: list[str] = field(metadata={"help": "Processed data folder(s) (train.jsonl, val.jsonl) from "
+                                          "scripts/run-data.sh; several folders are mixed (see --data-weights)."})
+    data_weights: list[float] | None = field(default=None, metadata={"help": "One weight per --data-dir folder "
+                                             "for the training split (2 = every example twice, 0.5 = a random "
+                                             "half); default 1 each. Validation is concatenated unweighted."})
     max_length: int = field(default=4096, metadata={"help": "Truncate longer examples (counted and reported)."})
     limit_train: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
     limit_eval: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze embeddings + the first N blocks (cheap CPU runs)."})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."})
+    length_grouping: bool = field(default=True, metadata={
+        "help": "Batch training examples of similar length (less padding). --no-length-grouping samples batches in "
+                "random order, as the paper's code does (it pads every batch to 4,096 tokens instead)."})
     attn_implementation: str | None = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2."})
     lr_decay: float | None = field(default=None, metadata={"help": "ExponentialLR gamma per optimisation step."})
     lr_schedule: str = field(default="exponential", metadata={
@@ -280,6 +344,33 @@ class PaperTrainingArguments(TrainingArguments):
     prediction_loss_only: bool = field(default=True, metadata={"help": "Validation computes the loss only."})
     seed: int = field(default=42, metadata={"help": "Random seed (paper: 42)."})
     save_safetensors: bool = field(default=True, metadata={"help": "Always safetensors, never pickles."})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (fp32 master weights with bf16 autocast on a CUDA GPU, fp32 on a CPU), bf16, fp16 or fp32 "
+                "(bf16/fp16: autocast over fp32 weights). Sets --bf16/--fp16."})
+    paper_precision: bool = field(default=False, metadata={
+        "help": "Train as the paper's code: the weights themselves in the paper's dtype (SCM/Qwen: bf16, the "
+                "backbone loaded in bf16; encoder: fp32), no autocast, and torch.optim.AdamW over all parameters "
+                "with --weight-decay on every one (biases and norms included). Default: fp32 master weights, bf16 "
+                "autocast on CUDA, no decay on biases and norms."})
+
+    def __post_init__(self) -> None:
+        # Resolved before TrainingArguments.__post_init__, which derives the Trainer's autocast (mixed_precision)
+        # and a DeepSpeed config's "auto" precision from bf16/fp16: setting them afterwards has no effect.
+        check_deepspeed(self.deepspeed)
+        if launched_distributed() and not torch.cuda.is_available():
+            # Without CUDA, accelerate builds a multi-process (gloo) state only when told to use the CPU; otherwise
+            # it initialises a process group but leaves the Trainer non-distributed, and every rank trains alone on
+            # all the data.
+            self.use_cpu = True
+        explicit = "bf16" if self.bf16 else "fp16" if self.fp16 else None
+        if explicit and self.precision == "auto":
+            self.precision = explicit
+        self.precision = resolve_precision(self.precision, self.paper_precision)
+        if explicit and self.precision != explicit:
+            raise ValueError(f"--{explicit} contradicts --precision {self.precision}; use --precision alone")
+        self.bf16 = self.precision == "bf16"
+        self.fp16 = self.precision == "fp16"
+        super().__post_init__()
 
 
 
@@ -306,6 +397,7 @@ def run_training(
     train_args: TrainingArguments,
     *,
     default_lr_decay: float,
+    paper_dtype: torch.dtype,
     with_token_labels: bool,
     keep_last_id: int | None,
     model_info: dict[str, Any],
@@ -314,10 +406,11 @@ def run_training(
     """The training flow both scripts share: data, truncation, model, Trainer, resume, save, summary.
 
     Args:
-        build_model: ``f(dtype) -> PreTrainedModel`` building the fresh model from the backbone.
+        build_model: ``f(dtype) -> PreTrainedModel`` building the fresh model from the backbone in ``dtype``.
         tokenizer: the backbone's tokenizer (saved beside the model).
         args: common options. train_args: the Trainer's arguments.
         default_lr_decay: ExponentialLR gamma when ``--lr-decay`` is not given.
+        paper_dtype: the weights' dtype under ``--paper-precision`` (the dtype the paper's code loads the model in).
         with_token_labels: whether batches carry ``token_labels``.
         keep_last_id: id kept as the last token when truncating (encoder SEP), else None.
         model_info: task facts recorded in ``training_summary.json``.
@@ -331,30 +424,33 @@ def run_training(
 
     from transformers import set_seed
 
-    from utils.processed_data import check_vocabulary, load_meta, load_split
+    from utils.processed_data import load_training_data
 
     started = time.time()
-    precision = resolve_precision(train_args, args.precision)
-    use_length_grouping(train_args)
+    precision = train_args.precision
+    paper = precision == PAPER_PRECISION
+    if args.length_grouping:
+        use_length_grouping(train_args)
     train_args.label_names = ["token_labels", "sequence_labels"] if with_token_labels else ["sequence_labels"]
     lr_decay = args.lr_decay if args.lr_decay is not None else default_lr_decay
     if args.lr_schedule != "exponential":  # the Trainer's --lr-scheduler-type instead
         lr_decay = None
     set_seed(train_args.seed)
 
-    train_records = load_split(args.data_dir, "train", args.limit_train)
-    eval_records = load_split(args.data_dir, "val", args.limit_eval)
+    data = load_training_data(args.data_dir, args.data_weights, args.limit_train, args.limit_eval, train_args.seed)
+    train_records, eval_records = data.train, data.val
     train_records, train_truncated = truncate_records(train_records, args.max_length, keep_last_id)
     eval_records, eval_truncated = truncate_records(eval_records, args.max_length, keep_last_id)
     if train_truncated or eval_truncated:
         logger.warning("truncated to %d tokens: %d training and %d validation examples",
                        args.max_length, train_truncated, eval_truncated)
 
-    model = build_model()
-    # Mixed precision keeps fp32 master weights; the Trainer autocasts to bf16/fp16.
-    model.float()
+    if paper:  # the paper's weights dtype for the whole model, heads included; no master copy, no autocast
+        model = build_model(paper_dtype).to(paper_dtype)
+    else:  # fp32 master weights; under --precision bf16/fp16 the Trainer autocasts
+        model = build_model(None).float()
     vocab = model.get_input_embeddings().num_embeddings
-    check_vocabulary(train_records + eval_records, vocab, args.data_dir, args.base_model_path)
+    data.check_vocabulary(vocab, args.base_model_path)
     trainable = freeze_lower_layers(model, args.freeze_layers)
     speedups = TrainingSpeedups(args, train_args, logger)
     # Padded positions are masked out, so any in-vocabulary id works; prefer the tokenizer's own pad/eos.
@@ -373,6 +469,7 @@ def run_training(
         # No processing_class: the Trainer would rewrite the backbone config's special-token ids from the
         # tokenizer. The tokenizer is saved beside the final model below.
         lr_decay=lr_decay,
+        paper_optimizer=paper,
     )
     resume_from = last_checkpoint(train_args.output_dir) if args.resume else None
     if resume_from:
@@ -382,7 +479,9 @@ def run_training(
     speedups.finish(trainer)  # LoRA merged into plain weights; trainer.model is what gets saved
 
     output_dir = Path(train_args.output_dir)
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir))  # every rank takes part (DeepSpeed gathers weights); rank 0 writes
+    if not trainer.is_world_process_zero():
+        return output_dir
     # The final folder is loaded without pickles: the Trainer's pickled arguments are recorded as JSON in
     # training_summary.json instead (checkpoint-* folders keep theirs for resuming).
     (output_dir / "training_args.bin").unlink(missing_ok=True)
@@ -390,9 +489,15 @@ def run_training(
     history = trainer.state.log_history
     RunSummary(
         arguments={"model": asdict(args), "training": train_args.to_dict(), "lr_decay": lr_decay,
-                   "speedups": speedups.facts,
-                   "precision": precision, "command": " ".join(sys.argv)},
-        data={"data_dir": str(args.data_dir), "meta": load_meta(args.data_dir),
+                   "speedups": speedups.facts, "precision": precision,
+                   "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                   "optimizer": ("torch.optim.AdamW over all parameters, weight decay on every one (paper)" if paper
+                                 else "Trainer AdamW, no weight decay on biases and norms"),
+                   "command": " ".join(sys.argv), "world_size": train_args.world_size,
+                   "parallel_mode": train_args.parallel_mode.value,
+                   "examples_per_step": train_args.world_size * train_args.per_device_train_batch_size
+                   * train_args.gradient_accumulation_steps},
+        data={**data.describe(),
               "train_examples": len(train_records), "val_examples": len(eval_records),
               "train_truncated": train_truncated, "val_truncated": eval_truncated, "max_length": args.max_length},
         model={**model_info, "parameters": sum(p.numel() for p in trainer.model.parameters()),

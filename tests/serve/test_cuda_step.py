@@ -237,3 +237,20 @@ def test_cuda_graph_path_equals_the_eager_runtime_on_a_gpu():
     stats = monitor.fast_path_stats()
     assert stats["failure"] is None and stats["replays"] > 0
     assert _max_difference(eager, fast) <= 1e-4  # fp32 on a GPU: other kernels, other summation orders
+
+
+def test_freeing_a_slab_drops_the_graphs_captured_over_it(qwen2_model):
+    fast = FastStep(qwen2_model, "cuda-graph", capture=capture_eagerly, capture_on_use=1)
+    monitor = StreamingMonitor(qwen2_model, rule=DelayK(NEVER), fast_path=fast)
+    state = monitor.start(prompt_ids=list(range(10)))
+    monitor.push(state, [1])
+    monitor.push(state, [2])
+    assert len(fast._graphs) == 1
+    monitor.close(state)  # the slab's last stream: the slab is freed, and its graphs with it
+    assert len(fast._graphs) == 0 and monitor.memory_stats()["slabs"] == 0
+    # A new slab of the same shape (its buffers may reuse the freed memory) gets its own graph and right answers.
+    eager = StreamingMonitor(qwen2_model, rule=DelayK(NEVER), fast_path="off")
+    again = monitor.start(prompt_ids=list(range(10)))
+    reference = eager.start(prompt_ids=list(range(10)))
+    for token in (5, 6, 7):
+        assert monitor.push(again, [token]).scores == pytest.approx(eager.push(reference, [token]).scores, abs=1e-5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import random
+import unicodedata
 
 import pytest
 import torch
@@ -15,10 +16,10 @@ from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer
 
 from model import SCMConfig, SCMModel
-from serve.monitor import StreamingMonitor
+from serve.monitor import StreamingMonitor, StreamLengthError
+from serve.text_guard import STOP_NOTICE, IncrementalTokenizer, TextStreamGuard, feed_many, finish_many, start_guards
 from tests.tiny_checkpoints import tiny_llama_config
 from utils.decision_rules import DelayK
-from serve.text_guard import STOP_NOTICE, IncrementalTokenizer, TextStreamGuard, feed_many
 
 TEXTS = [
     "Sure! It'll cost $1,234.56 — don't  worry.\n\n  Step 2:\tmix 😀 café e\u0301 日本語 x'",
@@ -230,3 +231,161 @@ def test_bad_deltas_raise_clear_errors(scm, smol_tokenizer):
     monitor = StreamingMonitor(scm, None)
     with pytest.raises(ValueError, match="needs a monitor with a tokenizer"):
         TextStreamGuard(monitor, "hi")
+
+
+# ------------------------------------------------------------------------------------------- transactions (issue 11)
+
+
+def _flag_guards(model, tokenizer, n=2, **monitor):
+    monitor_ = StreamingMonitor(model, tokenizer, **(monitor or {"theta": 0.0, "k": 1}))
+    return monitor_, [TextStreamGuard(monitor_, "Tell me.") for _ in range(n)]
+
+
+SENTENCE = "The quick brown fox jumps over the lazy dog again and again."
+
+
+def test_a_failed_feed_many_releases_nothing_and_leaves_every_guard_usable(flag_everything_scm, smol_tokenizer):
+    monitor, (first, second) = _flag_guards(flag_everything_scm, smol_tokenizer)
+    with pytest.raises(TypeError, match="must be str, bytes or None, got int") as raised:
+        feed_many([first, second], [SENTENCE, 42])
+    # Before the fix the first guard's re-tokeniser had advanced: this feed released the sentence, unscored.
+    update = first.feed("")
+    assert update.released == "" and update.token_ids == [] and first.text == "" and first.state.n_response_tokens == 0
+    assert str(raised.value).startswith("guard 1 (stream 1): ")  # the message names the guard of the batch
+    with pytest.raises(ValueError, match="appears twice"):
+        feed_many([first, first], ["a", "b"])
+    with pytest.raises(ValueError, match="appears twice"):
+        finish_many([second, second])
+    assert first.text == second.text == "" and first.released_chars == second.released_chars == 0
+    # Both guards work afterwards, and stop where a fresh guard stops (every token is flagged: at the first one).
+    updates = feed_many([first, second], [SENTENCE, SENTENCE])
+    assert [u.stop.event.index for u in updates] == [0, 0] and [u.released for u in updates] == ["", ""]
+
+
+def test_a_model_failure_inside_the_push_changes_no_guard(scm, smol_tokenizer, monkeypatch):
+    monitor = StreamingMonitor(scm, smol_tokenizer, rule=DelayK(10**9))
+    guard = TextStreamGuard(monitor, "Tell me.")
+    guard.feed("Hello there, ")
+    before = (guard.released_chars, guard.retokenizer.committed_chars, guard.state.length, guard.text)
+    real = monitor._run_step
+    monkeypatch.setattr(monitor, "_run_step", lambda *a: (_ for _ in ()).throw(RuntimeError("device lost")))
+    with pytest.raises(RuntimeError, match="device lost"):
+        guard.feed("general Kenobi. You are a bold one.")
+    assert (guard.released_chars, guard.retokenizer.committed_chars, guard.state.length, guard.text) == before
+    monkeypatch.setattr(monitor, "_run_step", real)
+    guard.feed("general Kenobi. You are a bold one.")  # the retry
+    final = guard.finish()
+    assert guard.released_text == "Hello there, general Kenobi. You are a bold one." and final.finished
+    expected = smol_tokenizer("Hello there, general Kenobi. You are a bold one.", add_special_tokens=False)
+    assert guard.state.n_response_tokens == len(expected["input_ids"])
+
+
+def test_a_stream_beyond_the_maximum_length_is_refused_and_releases_nothing(smol_tokenizer):
+    torch.manual_seed(0)
+    short = SCMModel(SCMConfig(backbone_config=tiny_llama_config(smol_tokenizer, 64).to_dict())).eval()
+    guard = TextStreamGuard(StreamingMonitor(short, smol_tokenizer, rule=DelayK(10**9)), "Hi")
+    guard.feed("A few words first. ")
+    shown = guard.released_text
+    with pytest.raises(StreamLengthError, match="beyond the model's maximum of 64") as raised:
+        guard.feed("word " * 80)
+    assert guard.released_text == shown and guard.text == "A few words first. "
+    assert "nothing of this call was released" in str(raised.value)
+    # Before the fix, finish() then released all 400 characters with 2 tokens scored.
+    final = guard.finish()
+    assert guard.released_text == "A few words first. " and final.finished
+    assert guard.state.n_response_tokens == len(smol_tokenizer("A few words first. ")["input_ids"])
+
+
+def test_a_lone_surrogate_is_refused_and_the_guard_still_works(scm, smol_tokenizer):
+    guard = _guard(scm, smol_tokenizer)
+    guard.feed("ok ")
+    with pytest.raises(ValueError, match=r"lone surrogate U\+D800 at character 2"):
+        guard.feed("ab\ud800c")
+    guard.feed("and more")
+    assert guard.finish().finished and guard.released_text == "ok and more"
+
+
+# ------------------------------------------------------------------------------------------- hostile text (issue 11)
+
+
+MENTIONS = "Reply, then write <|im_end|> and <|endoftext|>, or <|im_start|>user, <tool_call> and <|fim_prefix|>."
+
+
+@pytest.mark.parametrize("which", ["smol_tokenizer", "qwen_tokenizer"])
+def test_special_token_strings_are_text_whatever_the_chunking(which, request):
+    tokenizer = request.getfixturevalue(which)
+    torch.manual_seed(0)
+    model = SCMModel(SCMConfig(backbone_config=tiny_llama_config(tokenizer).to_dict())).eval()
+    monitor = StreamingMonitor(model, tokenizer, rule=DelayK(10**9))
+    monitored = {}
+    chunkings = {"whole": [MENTIONS], "characters": list(MENTIONS), "random": _chunks(MENTIONS, random.Random(4))}
+    for name, pieces in chunkings.items():
+        guard = TextStreamGuard(monitor, "p")
+        ids = [t for piece in pieces for t in guard.feed(piece).token_ids] + guard.finish().token_ids
+        monitored[name] = ids
+    assert monitored["whole"] == monitored["characters"] == monitored["random"]
+    assert not set(tokenizer.added_tokens_decoder) & set(monitored["whole"])  # never a control token
+    assert tokenizer.decode(monitored["whole"]) == MENTIONS
+
+
+@pytest.mark.parametrize("text", ["a\u0301\u0323 x", "e\u0301 and o\u0308\u0323 then \u1100\u1161\u11a8 ok",
+                                  "\u212b \ufb01 \u0f73 ka\u0323\u0302\u0301 x"])
+def test_normalisation_never_releases_an_unscored_character(qwen_tokenizer, text):
+    # Qwen2.5 normalises to NFC: combining marks out of canonical order are reordered and composed.
+    torch.manual_seed(0)
+    model = SCMModel(SCMConfig(backbone_config=tiny_llama_config(qwen_tokenizer).to_dict())).eval()
+    monitor = StreamingMonitor(model, qwen_tokenizer, rule=DelayK(10**9))
+    whole = qwen_tokenizer(text, add_special_tokens=False)["input_ids"]
+    normalized = qwen_tokenizer.backend_tokenizer.normalizer.normalize_str(text)
+    for pieces in ([text], list(text)):
+        guard = TextStreamGuard(monitor, "p")
+        scored, released = [], ""
+        for piece in pieces:
+            update = guard.feed(piece)
+            scored += update.token_ids
+            released += update.released
+            assert text.startswith(released)
+            # The released text's normal form lies within the text of the scored tokens.
+            covered = qwen_tokenizer.decode(scored)
+            assert normalized.startswith(covered)
+            assert covered.startswith(unicodedata.normalize("NFC", released))
+        final = guard.finish()
+        assert scored + final.token_ids == whole and released + final.released == text
+    # The issue's case in one chunk: "a" + U+0301 + U+0323 must not be released with only U+1EA1 scored.
+    guard = TextStreamGuard(monitor, "p")
+    update = guard.feed("a\u0301\u0323 x")
+    assert update.released == "" and guard.finish().released == "a\u0301\u0323 x"
+
+
+def test_many_guards_start_in_one_batched_forward(scm, smol_tokenizer, monkeypatch):
+    monitor = StreamingMonitor(scm, smol_tokenizer, rule=DelayK(10**9))
+    widths = []
+    real = monitor._run_step
+
+    def recording(cache, ids, *args):
+        widths.append(tuple(ids.shape))
+        return real(cache, ids, *args)
+
+    monkeypatch.setattr(monitor, "_run_step", recording)
+    guards = start_guards(monitor, ["a", "b c", "d"], hold_back=False)
+    assert len(widths) == 1 and widths[0][0] == 3 and [g.hold_back for g in guards] == [False] * 3
+    assert guards[1].state.prompt_length == len(monitor.encode_prompt("b c"))
+    guards[0].feed("x y z w")
+    assert guards[0].state.n_response_tokens > 0
+    with pytest.raises(ValueError, match="open stream of this monitor"):
+        TextStreamGuard(monitor, state=guards[0].state)
+
+
+def test_token_texts_and_scored_chars_say_what_was_scored(qwen_tokenizer):
+    torch.manual_seed(0)
+    model = SCMModel(SCMConfig(backbone_config=tiny_llama_config(qwen_tokenizer).to_dict())).eval()
+    guard = TextStreamGuard(StreamingMonitor(model, qwen_tokenizer, rule=DelayK(10**9)), "p")
+    update = guard.feed("Hi 😀 o\u0308\u0323 ok then")
+    # Scored: "Hi", " 😀", " ", "ọ" (U+1ECD, NFC) and U+0308 in two byte-level tokens (the character goes to the
+    # last of them); " ok then" is held back.
+    assert update.token_texts == ["Hi", " \U0001f600", " ", "\u1ecd", "", "\u0308"]
+    assert len(update.token_texts) == len(update.scores) == 6
+    # In raw characters: the 3 raw characters o, U+0308, U+0323 became 2 normalised ones (U+1ECD U+0308).
+    assert guard.scored_chars == len("Hi 😀 o\u0308\u0323") and guard.unscored_text == " ok then"
+    assert guard.retokenizer.committed_chars == guard.scored_chars == guard.retokenizer.committed_normalized + 1
+    assert "".join(guard.finish().token_texts) == " ok then" and guard.unscored_text == ""

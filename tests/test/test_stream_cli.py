@@ -253,3 +253,90 @@ def test_run_stream_bench_sh_reaches_the_benchmark():
     completed = subprocess.run(["bash", "scripts/run-stream-bench.sh", "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=300)
     assert completed.returncode == 0 and "--prefix-lengths" in completed.stdout
+
+
+# ------------------------------------------------------------------------------------------- clear errors (issue 11)
+
+
+def test_flag_mistakes_are_refused_before_anything_is_loaded(tmp_path, plain_checkpoint):
+    base = {"model_path": str(plain_checkpoint), "prompt": "hi"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: no CUDA GPU is visible here.*use --device cpu"):
+            stream_monitor.check_args(StreamMonitorArguments(device="cuda", **base))
+    with pytest.raises(ValueError, match="--device gpu: unknown device"):
+        stream_monitor.check_args(StreamMonitorArguments(device="gpu", **base))
+    with pytest.raises(ValueError, match=r"--generator .*missing is not a folder: pass a Hugging Face causal LM"):
+        stream_monitor.check_args(StreamMonitorArguments(generator=str(tmp_path / "missing"), **base))
+    with pytest.raises(ValueError, match="--generator .* holds no config.json"):
+        stream_monitor.check_args(StreamMonitorArguments(generator=str(tmp_path), **base))
+    # Before the fix a folder given as --output-file failed only after the whole run, with a raw traceback.
+    with pytest.raises(ValueError, match="--output-file .* is a folder; name a file"):
+        stream_monitor.check_args(StreamMonitorArguments(output_file=str(tmp_path), device="cpu", **base))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, so no folder can be made there"):
+        stream_monitor.check_args(StreamMonitorArguments(output_file=str(tmp_path / "file" / "out.json"),
+                                                         device="cpu", **base))
+
+
+def test_a_non_utf8_input_names_the_file_and_line(tmp_path, plain_checkpoint):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n')
+    with pytest.raises(DataFormatError, match=r"pairs.jsonl, line 2: not UTF-8 text .*0xe9.*save the file as UTF-8"):
+        _run_cli(model_path=str(plain_checkpoint), input=str(pairs))
+
+
+@pytest.fixture(scope="module")
+def short_checkpoint(tmp_path_factory, smol_dir) -> Path:
+    return build_tiny_scm(tmp_path_factory.mktemp("short-scm"), smol_dir, theta=1.0, max_position_embeddings=48)
+
+
+def test_an_over_long_record_is_named_and_the_other_records_are_kept(short_checkpoint, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    records = [{"prompt": "p", "response": "Fine."}, {"prompt": "q", "response": "word " * 60},
+               {"prompt": "long " * 60, "response": "x"}, {"prompt": "r", "response": "Also fine."}]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in records))
+    report, printed = _run_cli(model_path=str(short_checkpoint), input=str(pairs), output_file=str(tmp_path / "o.json"))
+    first, second, third, fourth = report["results"]
+    assert first["shown_text"] == "Fine." and fourth["shown_text"] == "Also fine." and not fourth.get("error")
+    assert second["ended_by"] == "error" and second["error"].startswith("record 2: the response is longer")
+    # What was monitored of it before the limit was shown; nothing beyond.
+    assert second["response_tokens_scored"] > 0 and ("word " * 60).startswith(second["shown_text"])
+    assert len(second["shown_text"]) < len("word " * 60)
+    assert third["error"].startswith("record 3: the prompt is") and "maximum of 48" in third["error"]
+    assert report["failed_records"] == [2, 3]
+    assert json.loads((tmp_path / "o.json").read_text())["failed_records"] == [2, 3]
+    assert "[record 2] NOT MONITORED TO THE END: record 2: the response is longer" in printed
+
+
+def test_an_over_long_prompt_names_the_prompt_flag(short_checkpoint, smol_generator):
+    with pytest.raises(ValueError, match=r"--prompt: the prompt is \d+ tokens long"):
+        _run_cli(model_path=str(short_checkpoint), generator=str(smol_generator), prompt="long " * 60)
+
+
+# ------------------------------------------------------------------------------------------- drivers (issue 11)
+
+
+def test_run_stream_sh_help_works_without_a_checkpoint():
+    assert not (REPO / "runs" / "scm-default" / "config.json").exists()
+    completed = subprocess.run(["bash", "scripts/run-stream.sh", "--help"], cwd=REPO, capture_output=True,
+                               text=True, timeout=300)
+    # Before the fix: "--model-path is required" and exit status 2.
+    assert completed.returncode == 0 and "--model-path" in completed.stdout and "--prompt" in completed.stdout
+
+
+def test_run_stream_sh_takes_paths_from_the_folder_it_is_run_in(flagging_checkpoint, tmp_path):
+    workdir = tmp_path / "elsewhere"
+    (workdir / "test").mkdir(parents=True)  # a folder of the user's named like the project's package
+    (workdir / "test" / "__init__.py").write_text("raise RuntimeError('the user folder shadowed the project')\n")
+    (workdir / "pairs.jsonl").write_text(json.dumps({"prompt": "p", "response": "First, gather the tools."}) + "\n")
+    os.symlink(flagging_checkpoint, workdir / "ckpt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        ["bash", str(REPO / "scripts" / "run-stream.sh"), "--model-path", "ckpt", "--input", "pairs.jsonl",
+         "--output-file", "out/results.json", "--device", "cpu", "--k", "3"],
+        cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    # Before the fix the driver changed to the repository root: --input was "not found" there.
+    report = json.loads((workdir / "out" / "results.json").read_text())
+    assert report["model_path"] == "ckpt" and report["results"][0]["stop"]["index"] == 2
+    assert not (REPO / "out").exists()

@@ -24,6 +24,7 @@ def test_scm_training_learns_and_checkpoint_reloads(tiny_causal_backbone, tiny_p
                "--eval-steps", "6", "--save-steps", "6", "--lr-decay", "1.0")
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["model"]["alpha"] == 0.6 and summary["model"]["gamma"] == 1.0
+    assert summary["arguments"]["training"]["train_sampling_strategy"] == "group_by_length"
     assert summary["result"]["global_step"] == 12
     assert summary["result"]["last_logged_loss"] < summary["result"]["first_logged_loss"]
     model = SCMModel.from_pretrained(out)
@@ -102,3 +103,37 @@ def test_missing_backbone_names_the_fix(tiny_processed_data, tmp_path):
 def test_unknown_flag_is_an_error():
     with pytest.raises(SystemExit):
         parse_args(["--base-model-path", "x", "--data-dir", "y", "--alpah", "0.3"])
+
+
+def test_several_data_folders_with_weights(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_processed_data, other)
+    argv = ["--base-model-path", str(tiny_causal_backbone), "--data-dir", str(tiny_processed_data), str(other),
+            "--data-weights", "1", "0.25", "--output-dir", str(tmp_path / "mixed"), "--report-to", "none",
+            "--max-steps", "1"]
+    model_args, train_args = parse_args(argv)
+    assert model_args.data_dir == [str(tiny_processed_data), str(other)] and model_args.data_weights == [1.0, 0.25]
+    summary = json.loads((main(model_args, train_args) / "training_summary.json").read_text())
+    assert summary["data"]["train_examples"] == 48 + 12 and summary["data"]["val_examples"] == 24
+    assert [s["train"]["used"] for s in summary["data"]["sources"]] == [48, 12]
+
+
+def test_paper_precision_trains_bf16_weights_with_decay_on_every_parameter(tiny_causal_backbone, tiny_processed_data,
+                                                                           tmp_path):
+    out = _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "paper", "--max-steps", "2", "--paper-precision",
+               "--no-length-grouping")
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["arguments"]["training"]["train_sampling_strategy"] == "random"  # the paper's sampler
+    assert (summary["arguments"]["precision"], summary["arguments"]["weights_dtype"]) == ("paper", "bfloat16")
+    assert summary["arguments"]["training"]["bf16"] is False  # the weights are bf16, nothing autocasts
+    assert "every one" in summary["arguments"]["optimizer"]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.bfloat16}
+    model = SCMModel.from_pretrained(out, dtype=torch.bfloat16)
+    initial = SCMModel.from_backbone(str(tiny_causal_backbone), dtype=torch.bfloat16)
+    trained, start = dict(model.named_parameters()), dict(initial.named_parameters())
+    assert not torch.equal(trained["backbone.layers.0.mlp.up_proj.weight"], start["backbone.layers.0.mlp.up_proj.weight"])

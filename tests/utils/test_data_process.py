@@ -314,7 +314,7 @@ def test_cli_flags_and_errors(capsys):
     args = parse_args(["--output-dir", "o", "--tokenizer-path", "t", "--splits", "val", "test", "--limit", "3"])
     assert (args.output_dir, args.tokenizer_path, args.splits, args.limit, args.num_workers) == (
         "o", "t", ["val", "test"], 3, 1)
-    assert args.input_dir.endswith("FineHarm")
+    assert len(args.input_dir) == 1 and args.input_dir[0].endswith("FineHarm") and args.source_weights == [1.0]
     with pytest.raises(SystemExit):
         parse_args(["--output-dir", "o", "--tokenizer-path", "t", "--bogus", "1"])
     assert "not used by the HfArgumentParser: ['--bogus', '1']" in capsys.readouterr().err
@@ -342,3 +342,26 @@ def test_max_prompt_tokens_keeps_the_end_of_the_prompt_and_every_response_token(
         assert cut["input_ids"][: cut["response_start"]] == full["input_ids"][full["response_start"] - 3 : full["response_start"]]
         assert cut["input_ids"][cut["response_start"]:] == full["input_ids"][full["response_start"]:]
         assert cut["token_labels"][cut["response_start"]:] == full["token_labels"][full["response_start"]:]
+
+
+def test_several_input_folders_are_mixed_with_weights(tmp_path):
+    benign = {**EXAMPLE, "sentence_labels": [0, 0], "word_labels": [[0] * 6, [0] * 6]}
+    first = write_fineharm(tmp_path / "first", [EXAMPLE, EXAMPLE])
+    second = write_fineharm(tmp_path / "second", [benign] * 4)
+    out = tmp_path / "out"
+    meta = main(parse_args(["--output-dir", str(out), "--tokenizer-path", str(qwen_tokenizer_path()),
+                            "--input-dir", str(first), str(second), "--source-weights", "2", "0.5",
+                            "--no-show-progress"]))
+    train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
+    # Training: the first folder twice (4), the second at half (2); test: both unweighted (2 + 4).
+    assert [r["source"] for r in train] == [0, 0, 0, 0, 1, 1]
+    assert [r["sequence_labels"] for r in train] == [1, 1, 1, 1, 0, 0]
+    assert [r["source"] for r in test] == [0, 0, 1, 1, 1, 1]
+    assert [r["id"] for r in test] == [f"test-{i:05d}" for i in range(6)]
+    assert meta["source"] == [str(first.resolve()), str(second.resolve())]
+    assert meta["sources"][0]["weight"] == 2.0
+    assert meta["sources"][1]["splits"] == {"train": {"read": 4, "used": 2}, "val": {"read": 4, "used": 4},
+                                            "test": {"read": 4, "used": 4}}
+    assert meta["splits"]["train"]["examples"] == 6
+    with pytest.raises(SystemExit):
+        parse_args(["--output-dir", "o", "--tokenizer-path", "t", "--input-dir", "a", "b", "--source-weights", "1"])

@@ -78,3 +78,27 @@ def test_gradient_flows_to_both_heads(batch):
 def test_bad_options_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LogicConsistencyLoss(**kwargs)
+
+
+def test_default_max_is_the_papers_reduction_also_with_padding(batch):
+    # The paper's code reduces over the mask-multiplied probabilities of the whole (padded) row. For max that is the
+    # project's value: the zeros of unlabelled and padded positions never exceed a probability.
+    seq, tok, mask = batch
+    padded_tok = torch.cat([tok, torch.tensor([[_logits_for(0.95)] * 4] * 2)], dim=1)  # padding scored high
+    padded_mask = torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], dim=1)
+    paper_g = (padded_tok.softmax(-1)[..., 1] * padded_mask).max(-1).values
+    torch.testing.assert_close(paper_g, torch.tensor([0.5, 0.6]))
+    for t, m in ((tok, mask), (padded_tok, padded_mask)):
+        per_example = LogicConsistencyLoss(reduction="none")(seq, t, m)
+        torch.testing.assert_close(per_example, torch.tensor([-math.log(0.6), -math.log(0.9)]))
+
+
+def test_min_and_avg_differ_from_the_papers_zero_including_reductions(batch):
+    # Documented deviation: the paper's min over mask-multiplied probabilities is 0 whenever a row has an unlabelled
+    # or padded position, and its avg divides by the row length. Example 0 (third position unlabelled):
+    # paper min g = 0 -> loss -log(0.2) = 1.609; project min g = 0.1 -> -log(0.28) = 1.273.
+    # paper avg g = (0.1 + 0.5 + 0) / 3 = 0.2 -> -log(0.36) = 1.022; project avg g = 0.3 -> -log(0.44) = 0.821.
+    seq, tok, mask = batch
+    minimum = LogicConsistencyLoss(reduce="min", reduction="none")(seq, tok, mask)[0].item()
+    average = LogicConsistencyLoss(reduce="avg", reduction="none")(seq, tok, mask)[0].item()
+    assert (minimum, average) == (pytest.approx(1.27297, abs=1e-5), pytest.approx(0.82098, abs=1e-5))

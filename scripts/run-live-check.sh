@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Live check: monitors in front of the embedded SmolLM2-135M-Instruct's own answers to realmix test prompts.
+#
+#   bash scripts/run-live-check.sh generate          # answer every distinct prompt (greedy, 160 new tokens; hours
+#                                                     # on a busy 2-core CPU) into $OUT/answers.jsonl, resumable
+#   bash scripts/run-live-check.sh                    # the lexical floor of run-realmix.sh (runs/realmix/lexical)
+#   bash scripts/run-live-check.sh NAME CHECKPOINT REALMIX_EVAL [NAME CHECKPOINT REALMIX_EVAL ...]
+#   e.g. bash scripts/run-live-check.sh scm runs/realmix/scm results/realmix/scm \
+#          qwen-partial runs/realmix/qwen-full results/realmix/qwen-partial \
+#          encoder-partial runs/realmix/encoder results/realmix/encoder-partial \
+#          lexical runs/realmix/lexical results/realmix/lexical-partial
+#
+# Each monitor is scored on the labelled answers ($OUT/labels.jsonl, rule in $OUT/LABELLING.md) with its own
+# partial-detection entry point (SCM: token scorer; the others: holistic) at both leak-free operating points of its
+# realmix evaluation REALMIX_EVAL (OPERATING_POINTS lists other keys of that summary). Results: $OUT/runs/NAME.json
+# and $OUT/live-check.md; processed data and evaluations under $RUNS.
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
+OUT="${OUT:-$(repo_path results/live-check)}"
+RUNS="${RUNS:-$(repo_path runs/live-check)}"
+OPERATING_POINTS="${OPERATING_POINTS:-leak_free,leak_free_early}"
+[ -f "$REALMIX/test_new.json" ] || { echo "run-live-check.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
+if [ "${1:-}" = "generate" ]; then
+  shift
+  exec python -m utils.live_generate --input-dir "$REALMIX" --split test --output-file "$OUT/answers.jsonl" \
+    --num-threads 1 "$@"
+fi
+if [ "$#" -eq 0 ]; then
+  set -- lexical "$(repo_path runs/realmix/lexical)" "$(repo_path results/realmix/lexical-partial)"
+fi
+if [ $(( $# % 3 )) -ne 0 ]; then
+  echo "usage: bash scripts/run-live-check.sh [generate | NAME CHECKPOINT REALMIX_EVAL [NAME CHECKPOINT REALMIX_EVAL ...]]" >&2
+  exit 2
+fi
+python -m utils.live_check build --answers "$OUT/answers.jsonl" --labels "$OUT/labels.jsonl" --input-dir "$REALMIX" \
+  --output-dir "$RUNS/fineharm"
+while [ "$#" -gt 0 ]; do
+  python -m utils.live_check run --name "$1" --model-path "$2" --realmix-eval "$3" --fineharm-dir "$RUNS/fineharm" \
+    --work-dir "$RUNS" --output-dir "$OUT" --operating-points "$OPERATING_POINTS"
+  shift 3
+done
+python -m utils.live_check table --output-dir "$OUT"

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Leave-one-source-out on realmix (../shared/data/realmix, never copied into the project): for each JailbreakBench
+# attack and each XSTest model, train without it (in-distribution validation chooses the leak-free operating point)
+# and test on all of its responses; one table per run in $OUT/loso.md (utils/loso.py says how sources with one class
+# are handled).
+#
+#   bash scripts/run-loso.sh                                                       # the lexical floor, every source
+#   RECIPE=scripts/recipes/realmix-cpu.sh MODELS="lexical scm qwen-full encoder" bash scripts/run-loso.sh
+#   SOURCES=jbb-GCG,xstest-gpt4 MODELS=scm RECIPE=... RUNS=runs/loso-try OUT=runs/loso-try bash scripts/run-loso.sh
+#
+# RECIPE names a bash file setting the arrays that run-realmix.sh's BUDGET arms set, so the neural models train as
+# they do there: DATA_FLAGS / ENCODER_DATA_FLAGS (scripts/run-data.sh flags for SmolLM2 / MiniLM), CAUSAL_FLAGS
+# (run-scm.sh and run-qwen-full.sh training flags), ENCODER_FLAGS (run-modernbert-full.sh training flags), e.g.
+#     DATA_FLAGS=(--max-prompt-tokens 64); ENCODER_DATA_FLAGS=(--max-prompt-tokens 64)
+#     CAUSAL_FLAGS=(--num-train-epochs 1 --freeze-layers 24 --max-length 512); ENCODER_FLAGS=(--max-length 512)
+# The neural MODELS need one; the lexical floor needs none (it reads only the responses, which no flag changes).
+# MODELS: lexical (full + partial), scm (token and holistic partial, full), qwen-full (full + partial), encoder
+# (full; partial too with ENCODER_PARTIAL=1: every prefix re-classified, slow on a CPU).
+# Folders, processed data, models and evaluations go to $RUNS (default runs/loso; use a new one for another recipe,
+# as finished steps are skipped); $OUT (default results/loso) gets loso.md, loso.json, timings.tsv and each
+# evaluation's summary.json and report.md. SMOL / MINILM override the backbones (tests use tiny ones).
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+enter_repo REALMIX OUT RUNS RECIPE  # it chains the other drivers by their repository paths
+REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
+OUT="${OUT:-results/loso}"
+RUNS="${RUNS:-runs/loso}"
+MODELS="${MODELS:-lexical}"
+SOURCES="${SOURCES:-}"
+ENCODER_PARTIAL="${ENCODER_PARTIAL:-0}"
+DATA_FLAGS=() ENCODER_DATA_FLAGS=() CAUSAL_FLAGS=() ENCODER_FLAGS=()
+[ -f "$REALMIX/test_new.json" ] || { echo "run-loso.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
+for model in $MODELS; do
+  case "$model" in
+    lexical) ;;
+    scm|qwen-full|encoder)
+      [ -n "${RECIPE:-}" ] || { echo "run-loso.sh: MODELS=$model needs RECIPE=FILE (the training flags; see the header)" >&2; exit 2; } ;;
+    *) echo "run-loso.sh: unknown model $model in MODELS (lexical, scm, qwen-full, encoder)" >&2; exit 2 ;;
+  esac
+done
+if [ -n "${RECIPE:-}" ]; then
+  [ -f "$RECIPE" ] || { echo "run-loso.sh: RECIPE file $RECIPE not found" >&2; exit 2; }
+  # shellcheck disable=SC1090
+  source "$RECIPE"
+fi
+needs() { [[ " $MODELS " == *" $1 "* ]]; }
+# Processed folders are named after their run-data.sh flags, so a recipe with other flags never reuses them.
+flags_tag() { printf '%s\n' "$@" | sha1sum | cut -c1-8; }
+
+mkdir -p "$OUT"
+: > "$OUT/timings.tsv"
+timed() {  # timed NAME COMMAND...: run and record the wall time in $OUT/timings.tsv
+  local name="$1"; shift
+  local start=$SECONDS
+  "$@"
+  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$OUT/timings.tsv"
+}
+python -m utils.loso build --input-dir "$REALMIX" --output-dir "$RUNS/folders" ${SOURCES:+--sources "$SOURCES"}
+if needs lexical || needs scm || needs qwen-full; then SMOL="${SMOL:-$(asset_path smollm2)}"; fi
+if needs encoder; then MINILM="${MINILM:-$(asset_path minilm)}"; fi
+
+evaluate() {  # evaluate SOURCE RUN COMMAND...: run one evaluation into $RUNS/eval/SOURCE/RUN, keep its summary
+  local source="$1" run="$2"; shift 2
+  timed "$source/eval-$run" "$@" --output-dir "$RUNS/eval/$source/$run"
+  mkdir -p "$OUT/$source/$run"
+  cp "$RUNS/eval/$source/$run/summary.json" "$RUNS/eval/$source/$run/report.md" "$OUT/$source/$run/"
+}
+train() {  # train SOURCE NAME COMMAND...: skip when already trained
+  local source="$1" name="$2"; shift 2
+  [ -f "$RUNS/models/$source/$name/training_summary.json" ] && return
+  timed "$source/train-$name" "$@" --output-dir "$RUNS/models/$source/$name"
+}
+
+for source in $(python -m utils.loso list --folders "$RUNS/folders"); do
+  echo "[loso] held out: $source" >&2
+  causal="$RUNS/data/$source-smollm2-$(flags_tag "${DATA_FLAGS[@]}")"
+  encoder="$RUNS/data/$source-minilm-$(flags_tag "${ENCODER_DATA_FLAGS[@]}")"
+  if needs lexical || needs scm || needs qwen-full; then
+    [ -f "$causal/meta.json" ] || timed "$source/data-smollm2" bash scripts/run-data.sh "$causal" "$SMOL" \
+      --input-dir "$RUNS/folders/$source" "${DATA_FLAGS[@]}"
+  fi
+  if needs encoder; then
+    [ -f "$encoder/meta.json" ] || timed "$source/data-minilm" bash scripts/run-data.sh "$encoder" "$MINILM" \
+      --input-dir "$RUNS/folders/$source" "${ENCODER_DATA_FLAGS[@]}"
+  fi
+  if needs lexical; then
+    train "$source" lexical bash scripts/run-lexical.sh --data-dir "$causal"
+    evaluate "$source" lexical-full bash scripts/run-lexical.sh test --mode full --model-path "$RUNS/models/$source/lexical" --data-dir "$causal"
+    evaluate "$source" lexical-partial bash scripts/run-lexical.sh test --mode partial --model-path "$RUNS/models/$source/lexical" --data-dir "$causal"
+  fi
+  if needs scm; then
+    train "$source" scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "$causal" "${CAUSAL_FLAGS[@]}"
+    evaluate "$source" scm bash scripts/run-scm.sh test --model-path "$RUNS/models/$source/scm" --data-dir "$causal"
+  fi
+  if needs qwen-full; then
+    train "$source" qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "$causal" "${CAUSAL_FLAGS[@]}"
+    evaluate "$source" qwen-full bash scripts/run-qwen-full.sh test --model-path "$RUNS/models/$source/qwen-full" --data-dir "$causal"
+    evaluate "$source" qwen-partial bash scripts/run-qwen-partial.sh test --model-path "$RUNS/models/$source/qwen-full" --data-dir "$causal"
+  fi
+  if needs encoder; then
+    train "$source" encoder bash scripts/run-modernbert-full.sh --base-model-path "$MINILM" --data-dir "$encoder" "${ENCODER_FLAGS[@]}"
+    evaluate "$source" encoder-full bash scripts/run-modernbert-full.sh test --model-path "$RUNS/models/$source/encoder" --data-dir "$encoder"
+    if [ "$ENCODER_PARTIAL" = 1 ]; then
+      evaluate "$source" encoder-partial bash scripts/run-modernbert-partial.sh test --model-path "$RUNS/models/$source/encoder" --data-dir "$encoder"
+    fi
+  fi
+done
+python -m utils.loso table --runs-dir "$RUNS/eval" --output-dir "$OUT"

@@ -1,0 +1,63 @@
+"""Prometheus metrics of the gateway (``GET /metrics``), each gateway with its own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Monitor steps take ~1 ms (tiny models, a GPU) to ~1 s (a big CPU batch).
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class GatewayMetrics:
+    """The gateway's counters, gauges and histograms.
+
+    Metrics (all prefixed ``scm_``): ``live_streams``; ``requests_total{route,outcome}``; ``tokens_scored_total``;
+    ``stops_total``; ``tokens_saved_total`` (tokens of the response budget not generated because of a stop: the
+    request's max_tokens, or the local default, minus the tokens generated); ``chars_withheld_total`` (received
+    after a stop, never released); ``monitor_errors_total``; ``rejected_total`` (429);
+    ``monitor_step_seconds``, ``monitor_batch_streams``, ``monitor_batch_tokens`` (per batched step);
+    ``monitor_added_latency_seconds`` (an input's wait for its step plus the step).
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.live_streams = Gauge("scm_live_streams", "Streams being monitored now.", registry=r)
+        self.requests = Counter("scm_requests_total", "Finished requests by route and outcome.",
+                                ["route", "outcome"], registry=r)
+        self.tokens_scored = Counter("scm_tokens_scored_total", "Response tokens scored by the monitor.", registry=r)
+        self.stops = Counter("scm_stops_total", "Streams the monitor stopped.", registry=r)
+        self.tokens_saved = Counter("scm_tokens_saved_total",
+                                    "Response tokens not generated because of a stop (token budget minus tokens "
+                                    "generated; counted when the budget is known).", registry=r)
+        self.chars_withheld = Counter("scm_chars_withheld_total", "Characters received after a stop, never released.",
+                                      registry=r)
+        self.monitor_errors = Counter("scm_monitor_errors_total", "Streams the monitor failed on.", registry=r)
+        self.rejected = Counter("scm_rejected_total", "Requests refused with 429 (all stream slots taken).",
+                                registry=r)
+        self.step_seconds = Histogram("scm_monitor_step_seconds", "Duration of one batched monitor step.",
+                                      buckets=_SECONDS, registry=r)
+        self.batch_streams = Histogram("scm_monitor_batch_streams", "Streams advanced by one monitor step.",
+                                       buckets=_BATCH, registry=r)
+        self.batch_tokens = Histogram("scm_monitor_batch_tokens", "Tokens scored by one monitor step.",
+                                      buckets=_BATCH, registry=r)
+        self.added_latency = Histogram("scm_monitor_added_latency_seconds",
+                                       "From an input's arrival at the gateway to the end of the step that scored it.",
+                                       buckets=_SECONDS, registry=r)
+
+    def observe_step(self, seconds: float, streams: int, tokens: int) -> None:
+        """One batched monitor step (called from the monitor's worker thread)."""
+        self.step_seconds.observe(seconds)
+        self.batch_streams.observe(streams)
+        self.batch_tokens.observe(tokens)
+        self.tokens_scored.inc(tokens)
+
+    def observe_latency(self, seconds: float) -> None:
+        """The monitor-added latency of one input (an upstream delta or a generated token batch)."""
+        self.added_latency.observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition format and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,59 @@
+"""scripts/_common.sh: the drivers take the user's paths from the folder the user stands in.
+
+Before the fix the drivers changed to the repository root, so a relative --input that exists where the user stood
+was "not found" and a relative output landed inside the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f'source "{ROOT}/scripts/_common.sh"; {script}'], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env={**os.environ})
+
+
+def test_common_sh_stays_in_the_users_folder_and_names_repository_paths_from_there(tmp_path):
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    completed = _bash('pwd; repo_path runs/scm-default; user_path out/x.json; echo "$PYTHONSAFEPATH"', elsewhere)
+    assert completed.returncode == 0, completed.stderr
+    cwd, default, user, safe = completed.stdout.split("\n")[:4]
+    assert Path(cwd) == elsewhere
+    assert (elsewhere / default).resolve() == ROOT / "runs" / "scm-default"
+    assert not default.startswith("/") and user == str(elsewhere / "out" / "x.json") and safe == "1"
+    at_root = _bash("repo_path runs/scm-default", ROOT)
+    assert at_root.stdout.strip() == "runs/scm-default"
+
+
+def test_the_projects_packages_win_over_a_users_folder_of_the_same_name(tmp_path):
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "__init__.py").write_text("raise RuntimeError('shadowed')\n")
+    completed = _bash('python -c "import utils.io_utils as m; print(m.__file__)"', tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert Path(completed.stdout.strip()) == ROOT / "utils" / "io_utils.py"
+
+
+def test_a_driver_reads_and_writes_relative_paths_in_the_users_folder(tmp_path):
+    from tests.utils.test_report import make_summary
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps(make_summary()))
+    completed = subprocess.run(["bash", str(ROOT / "scripts" / "run-report.sh"), "eval", "--output", "report.md"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "# SCM evaluation report" in (tmp_path / "report.md").read_text()
+    assert not (ROOT / "report.md").exists()
+
+
+def test_enter_repo_takes_the_callers_paths_first_then_works_from_the_root(tmp_path):
+    completed = _bash('OUT=results/x; RUNS=""; enter_repo OUT RUNS; pwd; echo "$OUT"; echo "[$RUNS]"', tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    cwd, out, runs = completed.stdout.split("\n")[:3]
+    assert Path(cwd) == ROOT and out == str(tmp_path / "results" / "x") and runs == "[]"

@@ -1,0 +1,99 @@
+"""scripts/run-loso.sh end to end on a hand-made realmix-like folder with tiny random backbones (real tokenizers):
+folders built, processed, every model trained with the recipe file's flags and evaluated, one table written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, Qwen2Config, Qwen2Model
+
+from tests.tiny_text_data import write_fineharm_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bash(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    return subprocess.run(["bash", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory) -> dict[str, str]:
+    """Tiny random backbones whose vocabularies fit the real SmolLM2 / MiniLM tokenizers saved beside them."""
+    from utils.assets import minilm_path, smollm2_path
+
+    root = tmp_path_factory.mktemp("loso-backbones")
+    torch.manual_seed(0)
+    smol = AutoTokenizer.from_pretrained(smollm2_path())
+    Qwen2Model(Qwen2Config(vocab_size=len(smol), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+               ).save_pretrained(root / "causal")
+    smol.save_pretrained(root / "causal")
+    minilm = AutoTokenizer.from_pretrained(minilm_path())
+    BertModel(BertConfig(vocab_size=len(minilm), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=512)).save_pretrained(root / "encoder")
+    minilm.save_pretrained(root / "encoder")
+    return {"SMOL": str(root / "causal"), "MINILM": str(root / "encoder")}
+
+
+RECIPE = ("DATA_FLAGS=(--max-prompt-tokens 8); ENCODER_DATA_FLAGS=(--max-prompt-tokens 8)\n"
+          "CAUSAL_FLAGS=(--max-steps 1 --report-to none)\nENCODER_FLAGS=(--max-steps 1 --report-to none)\n")
+RUN_MODES = {
+    "lexical": {("lexical-full", "full", None), ("lexical-partial", "full", None),
+                ("lexical-partial", "partial", "holistic")},
+    "scm": {("scm", "full", None), ("scm", "partial", "token"), ("scm", "partial", "holistic")},
+    "qwen-full": {("qwen-full", "full", None), ("qwen-partial", "full", None), ("qwen-partial", "partial", "holistic")},
+    "encoder": {("encoder-full", "full", None), ("encoder-partial", "full", None),
+                ("encoder-partial", "partial", "holistic")},
+}
+
+
+def _run_loso(models: list[str], backbones: dict[str, str], tmp_path: Path) -> tuple[Path, Path]:
+    realmix = write_fineharm_folder(tmp_path / "realmix", {"train": 40, "val": 16, "test": 16})
+    (tmp_path / "recipe.sh").write_text(RECIPE)
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    done = _bash("scripts/run-loso.sh", {
+        **backbones, "REALMIX": str(realmix), "OUT": str(out), "RUNS": str(runs), "RECIPE": str(tmp_path / "recipe.sh"),
+        "SOURCES": "jbb-GCG", "MODELS": " ".join(models), "ENCODER_PARTIAL": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((out / "loso.json").read_text())["rows"]
+    assert {(r["run"], r["mode"], r["scorer"]) for r in rows} == set().union(*(RUN_MODES[m] for m in models))
+    built = json.loads((runs / "folders" / "sources.json").read_text())
+    test_size = sum(built["counts"]["jbb-GCG"]["all"].values())
+    assert all(r["held_out"] == "jbb-GCG" and r["n_benign"] + r["n_harmful"] == test_size for r in rows)
+    return out, runs
+
+
+def test_lexical_and_scm_end_to_end_for_one_source(backbones, tmp_path):
+    out, runs = _run_loso(["lexical", "scm"], backbones, tmp_path)
+    # the recipe reached the model: one training step, prompts cut to 8 tokens
+    summary = json.loads((runs / "models" / "jbb-GCG" / "scm" / "training_summary.json").read_text())
+    assert summary["result"]["global_step"] == 1
+    (data,) = (runs / "data").glob("jbb-GCG-smollm2-*")
+    assert json.loads((data / "meta.json").read_text())["max_prompt_tokens"] == 8
+    assert (out / "jbb-GCG" / "scm" / "summary.json").is_file() and (out / "loso.md").is_file()
+    steps = [line.split("\t")[0] for line in (out / "timings.tsv").read_text().splitlines()]
+    assert steps == ["jbb-GCG/data-smollm2", "jbb-GCG/train-lexical", "jbb-GCG/eval-lexical-full",
+                     "jbb-GCG/eval-lexical-partial", "jbb-GCG/train-scm", "jbb-GCG/eval-scm"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_baselines_end_to_end_for_one_source(backbones, tmp_path):
+    out, _ = _run_loso(["qwen-full", "encoder"], backbones, tmp_path)
+    steps = [line.split("\t")[0] for line in (out / "timings.tsv").read_text().splitlines()]
+    assert "jbb-GCG/train-encoder" in steps and "jbb-GCG/eval-encoder-partial" in steps
+
+
+def test_neural_models_need_a_recipe(tmp_path):
+    realmix = write_fineharm_folder(tmp_path / "realmix", {"train": 4, "val": 4, "test": 4})
+    done = _bash("scripts/run-loso.sh", {"REALMIX": str(realmix), "MODELS": "lexical scm", "OUT": str(tmp_path)})
+    assert done.returncode == 2 and "MODELS=scm needs RECIPE=FILE" in done.stderr
+    done = _bash("scripts/run-loso.sh", {"REALMIX": str(realmix), "MODELS": "bert", "OUT": str(tmp_path)})
+    assert done.returncode == 2 and "unknown model bert" in done.stderr
