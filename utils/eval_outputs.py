@@ -84,6 +84,25 @@ def portable_facts(facts: dict[str, Any], root: str | os.PathLike | None = None)
     return out
 
 
+def portable_tree(value: Any, root: str | os.PathLike | None = None) -> Any:
+    """A copy of a JSON-like value with every absolute path in it made portable, however deeply it is nested: a
+    string that is an absolute path, and each absolute word of a command line (a string with spaces). Training
+    summaries and data descriptions nest paths (sources, backbones, commands) that ``portable_facts`` does not know.
+    """
+    if isinstance(value, dict):
+        return {key: portable_tree(item, root) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable_tree(item, root) for item in value]
+    if not isinstance(value, str) or "/" not in value:
+        return value
+    if os.path.isabs(value) and not any(c.isspace() for c in value):
+        return portable_path(value, root)
+    words = value.split(" ")
+    if any(os.path.isabs(word) for word in words):
+        return " ".join(portable_path(word, root) if os.path.isabs(word) else word for word in words)
+    return value
+
+
 def _by_k(sweep_json: dict[str, Any], key: str) -> dict[str, Any]:
     return {name: sweep_json[name][key] for name in ("macro_f1", "harmful_f1", "mean_share_all")}
 
@@ -156,7 +175,7 @@ def write_evaluation_outputs(
     from utils.report import summary_rows, write_run_report
 
     output_dir = Path(output_dir)
-    facts = portable_facts(facts, root)
+    facts = portable_tree(portable_facts(facts, root), root)
     metrics = evaluate_records(records_by_split, scorers, thresholds, max_k, FIXED_THETA, tolerance)
     metric_files = write_metric_files(output_dir, metrics, thresholds)
     plots = write_partial_plots(output_dir, metrics, records_by_split[metrics["eval_split"]])

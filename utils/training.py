@@ -285,7 +285,11 @@ class RunSummary:
             },
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        write_json(Path(output_dir) / "training_summary.json", json.loads(json.dumps(payload, default=str)))
+        # Paths relative to the repository, so a summary copied into results/ names no machine's folders.
+        from utils.eval_outputs import portable_tree
+
+        write_json(Path(output_dir) / "training_summary.json",
+                   portable_tree(json.loads(json.dumps(payload, default=str))))
 
 
 @dataclass

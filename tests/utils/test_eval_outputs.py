@@ -39,3 +39,17 @@ def test_portable_facts_leaves_the_input_alone():
     assert out["data"] == {"data_dir": ".cache/data/d", "meta": {"tokenizer": "tok", "source": "../s/realmix",
                                                                  "vocab_size": 5}}
     assert facts["model"]["path"] == "/r/runs/a" and facts["arguments"]["output_dir"] == "/r/out"
+
+
+def test_portable_tree_makes_nested_paths_and_command_words_relative(tmp_path):
+    from utils.eval_outputs import portable_tree
+
+    root = tmp_path / "repo"
+    facts = {"data": {"sources": [{"path": str(tmp_path / "shared" / "realmix"), "weight": 1.0}]},
+             "command": f"{root}/train/train_qwen.py --data-dir {root}/.cache/data/x --output-dir runs/y",
+             "note": "a/b with spaces", "n": 3, "url": "http://127.0.0.1:8000/v1"}
+    out = portable_tree(facts, root)
+    assert out["data"]["sources"][0] == {"path": "../shared/realmix", "weight": 1.0}
+    assert out["command"] == "train/train_qwen.py --data-dir .cache/data/x --output-dir runs/y"
+    assert out["note"] == "a/b with spaces" and out["n"] == 3 and out["url"] == "http://127.0.0.1:8000/v1"
+    assert facts["data"]["sources"][0]["path"].startswith(str(tmp_path))  # the input is not changed
