@@ -38,12 +38,13 @@ from serve.generate import MonitorStoppingCriteria
 from utils.cli import parse_dataclasses
 from utils.io_utils import DataFormatError, read_jsonl, write_json
 from serve.text_guard import STOP_NOTICE, TextStreamGuard
+from serve.operating_point_args import OperatingPointArguments
 
 SCRIPT = "python -m test.stream_monitor"
 
 
 @dataclass
-class StreamMonitorArguments:
+class StreamMonitorArguments(OperatingPointArguments):
     """Flags of ``python -m test.stream_monitor``."""
 
     model_path: str | None = field(default=None, metadata={
@@ -54,12 +55,6 @@ class StreamMonitorArguments:
         "help": "JSONL of {\"prompt\", \"response\"} pairs to monitor instead of generating."})
     generator: str | None = field(default=None, metadata={
         "help": "HF causal LM folder to generate with (default: the embedded SmolLM2-135M-Instruct)."})
-    theta: float | None = field(default=None, metadata={"help": "Flagging threshold (default: the checkpoint's)."})
-    k: int | None = field(default=None, metadata={
-        "help": "k of delay-k (default: the checkpoint's delay_k) or n of consecutive-n (default 2)."})
-    rule: str = field(default="delay-k", metadata={"help": "Decision rule.", "choices": ["delay-k", "consecutive-n"]})
-    scorer: str | None = field(default=None, metadata={
-        "help": "token or holistic (default: the checkpoint's).", "choices": ["token", "holistic"]})
     max_new_tokens: int = field(default=256, metadata={"help": "Generation length limit."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do-sample)."})

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from serve.operating_point_args import OperatingPointArguments
+
 DEFAULT_MODEL_PATH = "runs/scm-default"
 CHAT_PROMPTS = ("last-user", "conversation")
 MONITOR_ERROR_POLICIES = ("close", "open")
 
 
 @dataclass
-class GatewayArguments:
+class GatewayArguments(OperatingPointArguments):
     """Flags of ``python -m serve.gateway`` (``bash scripts/run-serve.sh``)."""
 
     model_path: str = field(default=DEFAULT_MODEL_PATH, metadata={
@@ -30,12 +32,6 @@ class GatewayArguments:
                 "embedded SmolLM2-135M-Instruct)."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on."})
     port: int = field(default=8000, metadata={"help": "Port to listen on."})
-    theta: float | None = field(default=None, metadata={"help": "Flagging threshold (default: the checkpoint's)."})
-    k: int | None = field(default=None, metadata={
-        "help": "k of delay-k (default: the checkpoint's delay_k) or n of consecutive-n (default 2)."})
-    rule: str = field(default="delay-k", metadata={"help": "Decision rule.", "choices": ["delay-k", "consecutive-n"]})
-    scorer: str | None = field(default=None, metadata={
-        "help": "token or holistic (default: the checkpoint's).", "choices": ["token", "holistic"]})
     device: str = field(default="auto", metadata={
         "help": "Device of the monitor (and the local generator): auto (cuda if available), cpu, cuda, cuda:1."})
     threads: int = field(default=0, metadata={

@@ -12,6 +12,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -316,11 +317,12 @@ def test_an_over_long_prompt_names_the_prompt_flag(short_checkpoint, smol_genera
 # ------------------------------------------------------------------------------------------- drivers (issue 11)
 
 
-def test_run_stream_sh_help_works_without_a_checkpoint():
-    assert not (REPO / "runs" / "scm-default" / "config.json").exists()
-    completed = subprocess.run(["bash", "scripts/run-stream.sh", "--help"], cwd=REPO, capture_output=True,
-                               text=True, timeout=300)
-    # Before the fix: "--model-path is required" and exit status 2.
+@pytest.mark.parametrize("command", [["bash", "scripts/run-stream.sh", "--help"],
+                                     [sys.executable, "-m", "test.stream_monitor", "--help"]])
+def test_help_works_without_a_checkpoint(command):
+    # The module is what the driver runs when runs/scm-default does not exist (a fresh clone); the driver adds
+    # --model-path runs/scm-default when it does. Before the fix: "--model-path is required" and exit status 2.
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0 and "--model-path" in completed.stdout and "--prompt" in completed.stdout
 
 
