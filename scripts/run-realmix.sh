@@ -3,7 +3,8 @@
 # process realmix for each tokenizer, train SCM and the full-detection baseline on SmolLM2-135M and the encoder
 # baseline on MiniLM, evaluate each in full and partial mode, and write one Table-2-style report.
 #
-#   bash scripts/run-realmix.sh                 # reduced CPU budget (see BUDGET below), ~1 hour on 2 cores
+#   bash scripts/run-realmix.sh                 # CPU recipe (see BUDGET below), ~80 min on 2 idle cores once the
+#                                               # frozen-prefix cache exists (built once, see results/recipe-ablation)
 #   BUDGET=full bash scripts/run-realmix.sh     # the paper's budget (3 epochs, whole prompts, all layers): a GPU run
 #   REALMIX=/path/to/realmix OUT=results/realmix bash scripts/run-realmix.sh
 #
