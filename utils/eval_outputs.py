@@ -24,9 +24,6 @@ from utils.metrics import SELECTION_TOLERANCE, evaluate_records, theta_key
 SUMMARY_FORMAT_VERSION = 2
 FIXED_THETA = 0.5
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Fields of a run's facts that hold paths (arguments, model, data and the data's meta.json).
-_ARGUMENT_PATHS = ("model_path", "data_dir", "output_dir")
-_META_PATHS = ("tokenizer", "source")
 
 
 def portable_path(path: str | os.PathLike | None, root: str | os.PathLike | None = None) -> str | None:
@@ -65,29 +62,10 @@ def portable_command(argv: Sequence[str], script: str, root: str | os.PathLike |
     return shlex.join(portable_path(word, root) if os.path.isabs(word) else word for word in words)
 
 
-def portable_facts(facts: dict[str, Any], root: str | os.PathLike | None = None) -> dict[str, Any]:
-    """A copy of a run's facts (``arguments``, ``model``, ``data`` of a summary) with every path made portable."""
-    out = {key: (dict(value) if isinstance(value, dict) else value) for key, value in facts.items()}
-    arguments = out.get("arguments") or {}
-    for name in _ARGUMENT_PATHS:
-        if arguments.get(name) is not None:
-            arguments[name] = portable_path(arguments[name], root)
-    model = out.get("model") or {}
-    if model.get("path") is not None:
-        model["path"] = portable_path(model["path"], root)
-    data = out.get("data") or {}
-    if data.get("data_dir") is not None:
-        data["data_dir"] = portable_path(data["data_dir"], root)
-    if isinstance(data.get("meta"), dict):
-        data["meta"] = {key: portable_path(value, root) if key in _META_PATHS and isinstance(value, str) else value
-                        for key, value in data["meta"].items()}
-    return out
-
-
 def portable_tree(value: Any, root: str | os.PathLike | None = None) -> Any:
     """A copy of a JSON-like value with every absolute path in it made portable, however deeply it is nested: a
-    string that is an absolute path, and each absolute word of a command line (a string with spaces). Training
-    summaries and data descriptions nest paths (sources, backbones, commands) that ``portable_facts`` does not know.
+    string that is an absolute path, and each absolute word of a command line (a string with spaces). A run's facts
+    (arguments, model, data and its meta.json), training summaries and data descriptions all nest paths.
     """
     if isinstance(value, dict):
         return {key: portable_tree(item, root) for key, item in value.items()}
@@ -175,7 +153,7 @@ def write_evaluation_outputs(
     from utils.report import summary_rows, write_run_report
 
     output_dir = Path(output_dir)
-    facts = portable_tree(portable_facts(facts, root), root)
+    facts = portable_tree(facts, root)
     metrics = evaluate_records(records_by_split, scorers, thresholds, max_k, FIXED_THETA, tolerance)
     metric_files = write_metric_files(output_dir, metrics, thresholds)
     plots = write_partial_plots(output_dir, metrics, records_by_split[metrics["eval_split"]])

@@ -4,7 +4,7 @@ and the command line as a user would type it. The outputs themselves are checked
 
 from __future__ import annotations
 
-from utils.eval_outputs import REPO_ROOT, portable_command, portable_facts, portable_path
+from utils.eval_outputs import REPO_ROOT, portable_command, portable_path, portable_tree
 
 
 def test_portable_path():
@@ -27,13 +27,13 @@ def test_portable_command():
     assert portable_command(again, "test.test_qwen_partial") == "python -m test.test_qwen_partial --model-path runs/scm"
 
 
-def test_portable_facts_leaves_the_input_alone():
+def test_portable_tree_makes_a_runs_facts_portable_and_leaves_the_input_alone():
     facts = {"script": "test.test_qwen_full",
              "arguments": {"model_path": "/r/runs/a", "data_dir": "d", "output_dir": "/r/out", "limit": None},
              "model": {"path": "/r/runs/a", "name": "a"},
              "data": {"data_dir": "/r/.cache/data/d", "meta": {"tokenizer": "/r/tok", "source": "/s/realmix",
                                                                "vocab_size": 5}}}
-    out = portable_facts(facts, root="/r")
+    out = portable_tree(facts, root="/r")
     assert out["arguments"] == {"model_path": "runs/a", "data_dir": "d", "output_dir": "out", "limit": None}
     assert out["model"] == {"path": "runs/a", "name": "a"}
     assert out["data"] == {"data_dir": ".cache/data/d", "meta": {"tokenizer": "tok", "source": "../s/realmix",
@@ -42,8 +42,6 @@ def test_portable_facts_leaves_the_input_alone():
 
 
 def test_portable_tree_makes_nested_paths_and_command_words_relative(tmp_path):
-    from utils.eval_outputs import portable_tree
-
     root = tmp_path / "repo"
     facts = {"data": {"sources": [{"path": str(tmp_path / "shared" / "realmix"), "weight": 1.0}]},
              "command": f"{root}/train/train_qwen.py --data-dir {root}/.cache/data/x --output-dir runs/y",
