@@ -18,8 +18,12 @@ message, never silently.
 
 A cache is kept and reused across runs with ``--prefix-cache-dir DIR`` (ablations over learning rates, epochs or the
 upper blocks share one frozen prefix): ``DIR/manifest.json`` holds fingerprints of the frozen weights (SHA-256 of
-the embeddings and frozen blocks) and of the token sequences, and a cache is reused only when both match; otherwise
-it is rebuilt. Without the flag the cache lives in the output folder and is deleted after training.
+the embeddings and frozen blocks), of the token sequences and of the precision, and ``DIR/index.npz`` the SHA-256
+of each sequence with where its rows lie. A run reuses the cache when the weights and precision match and every one
+of its sequences is in the cache, in any order: the same data, or a subset of it (a leave-one-source-out fold of the
+data the cache was built on trains on its cached rows without a new pass over the frozen blocks). Otherwise the cache
+is rebuilt for the run's sequences. A cache written before the index existed is reused on exactly its sequences and
+gets its index then. Without the flag the cache lives in the output folder and is deleted after training.
 
 Command (any training script)::
 
@@ -46,6 +50,8 @@ from utils.io_utils import read_json, write_json
 PREFIX_KEY = "prefix_hidden_states"
 CACHE_FORMAT = 1
 ROW_COLUMN = "prefix_row"
+INDEX_NAME = "index.npz"
+FRAME_KEYS = ("format", "n_frozen", "frozen_weights_sha256", "autocast")  # what any reuse needs to match
 
 
 class _StopForward(Exception):
@@ -111,6 +117,27 @@ def fingerprint(model: nn.Module, n_frozen: int, sequences: Sequence[Sequence[in
             "sequences_sha256": tokens.hexdigest(), "autocast": str(autocast_dtype)}
 
 
+def sequence_digests(sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    """SHA-256 of each token sequence (``bytes`` of 32), the key of a cache's index."""
+    return np.array([hashlib.sha256(np.asarray(s, dtype=np.int64).tobytes()).digest() for s in sequences],
+                    dtype="S32")
+
+
+def write_index(folder: Path, digests: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+    """Where each cached sequence's rows lie in ``states.npy`` (written before the manifest that validates it)."""
+    np.savez(folder / INDEX_NAME, digests=digests, starts=starts, lengths=lengths)
+
+
+def locate(folder: Path, digests: np.ndarray) -> np.ndarray | None:
+    """Start row of each sequence (by digest) in the cache of ``folder``, or None when one is not in its index."""
+    if not (folder / INDEX_NAME).is_file():
+        return None
+    with np.load(folder / INDEX_NAME) as index:
+        where = {digest: int(start) for digest, start in zip(index["digests"], index["starts"])}
+    starts = [where.get(digest) for digest in digests]
+    return None if any(start is None for start in starts) else np.array(starts, dtype=np.int64)
+
+
 @dataclass
 class FrozenPrefixCache:
     """Hidden states entering block ``n_frozen`` for a list of token sequences, in one memory-mapped fp32 file.
@@ -118,28 +145,35 @@ class FrozenPrefixCache:
     Attributes:
         n_frozen: number of frozen blocks (the states are those entering block ``n_frozen``).
         hidden_size: width of the states.
-        offsets: start row of each sequence in ``states`` (one more entry than sequences: the end).
-        states: ``(total_tokens, hidden_size)`` array (``numpy.memmap``).
+        starts: start row of each sequence in ``states``.
+        lengths: number of rows (tokens) of each sequence.
+        states: ``(cached_tokens, hidden_size)`` array (``numpy.memmap``); it may hold more sequences than the run's.
         folder: where the file lives (removed by :meth:`close` unless ``keep``).
         build_seconds: time spent computing the states (0 when an existing cache was reused).
-        reused: whether the states came from an earlier run's matching cache.
+        reused: whether the states came from an earlier run's matching cache ("exact" or "subset"), or "".
         keep: leave the folder in place on :meth:`close` (a ``--prefix-cache-dir`` for later runs).
     """
 
     n_frozen: int
     hidden_size: int
-    offsets: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
     states: np.ndarray
     folder: Path
     build_seconds: float = 0.0
-    reused: bool = False
+    reused: str = ""
     keep: bool = False
     _hooks: list[Any] = field(default_factory=list, repr=False)
     _patched: list[nn.Module] = field(default_factory=list, repr=False)
     _active: bool = field(default=False, repr=False)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.starts)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the run's sequences (rows it reads)."""
+        return int(self.lengths.sum())
 
     @classmethod
     def build(
@@ -157,8 +191,9 @@ class FrozenPrefixCache:
     ) -> "FrozenPrefixCache":
         """Run the embeddings and the first ``n_frozen`` blocks once over ``sequences`` and store what enters the next.
 
-        With ``keep``, a cache already in ``folder`` whose manifest matches (same frozen weights, sequences and
-        precision) is reused instead, and the folder outlives :meth:`close`.
+        With ``keep``, a cache already in ``folder`` built with the same frozen weights and precision that holds
+        every one of ``sequences`` (the same list, a subset, in any order) is reused instead, and the folder outlives
+        :meth:`close`.
 
         Args:
             model: an ``SCMModel`` (any model with ``.backbone`` in the HF decoder layout).
@@ -192,12 +227,16 @@ class FrozenPrefixCache:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         folder = Path(folder)
         manifest = fingerprint(model, n_frozen, sequences, autocast_dtype) if keep else None
-        if keep and (folder / "manifest.json").is_file() and read_json(folder / "manifest.json") == manifest:
-            states = np.load(folder / "states.npy", mmap_mode="r")
-            return cls(n_frozen=n_frozen, hidden_size=hidden, offsets=offsets, states=states, folder=folder,
-                       reused=True, keep=True)
+        if keep:
+            found = cls._reusable(folder, manifest, sequences, offsets)
+            if found is not None:
+                starts, how = found
+                states = np.load(folder / "states.npy", mmap_mode="r")
+                return cls(n_frozen=n_frozen, hidden_size=hidden, starts=starts, lengths=lengths, states=states,
+                           folder=folder, reused=how, keep=True)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "manifest.json").unlink(missing_ok=True)  # a half-built cache must never look valid
+        (folder / INDEX_NAME).unlink(missing_ok=True)
         states = np.lib.format.open_memmap(folder / "states.npy", mode="w+", dtype=np.float32,
                                            shape=(int(offsets[-1]), hidden))
         captured: dict[str, torch.Tensor] = {}
@@ -232,16 +271,33 @@ class FrozenPrefixCache:
             model.train(was_training)
         states.flush()
         if manifest is not None:
+            write_index(folder, sequence_digests(sequences), offsets[:-1], lengths)
             write_json(folder / "manifest.json", manifest)
-        return cls(n_frozen=n_frozen, hidden_size=hidden, offsets=offsets, states=states, folder=folder,
-                   build_seconds=time.time() - started, keep=keep)
+        return cls(n_frozen=n_frozen, hidden_size=hidden, starts=offsets[:-1], lengths=lengths, states=states,
+                   folder=folder, build_seconds=time.time() - started, keep=keep)
+
+    @staticmethod
+    def _reusable(folder: Path, manifest: dict[str, Any], sequences: Sequence[Sequence[int]],
+                  offsets: np.ndarray) -> tuple[np.ndarray, str] | None:
+        """``(start rows, "exact" | "subset")`` when the kept cache in ``folder`` serves ``sequences``, else None."""
+        if not (folder / "manifest.json").is_file():
+            return None
+        kept = read_json(folder / "manifest.json")
+        if any(kept.get(key) != manifest[key] for key in FRAME_KEYS):
+            return None
+        if kept == manifest:
+            if not (folder / INDEX_NAME).is_file():  # a cache from before the index: give it one for later subsets
+                write_index(folder, sequence_digests(sequences), offsets[:-1], np.diff(offsets))
+            return offsets[:-1], "exact"
+        starts = locate(folder, sequence_digests(sequences))
+        return None if starts is None else (starts, "subset")
 
     def rows(self, indices: Sequence[int], length: int) -> torch.Tensor:
         """Cached states of sequences ``indices``, right-padded with zeros to ``length``: ``(len, length, hidden)``."""
         out = torch.zeros((len(indices), length, self.hidden_size), dtype=torch.float32)
         for i, index in enumerate(indices):
-            start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-            n = min(end - start, length)
+            start = int(self.starts[index])
+            n = min(int(self.lengths[index]), length)
             out[i, :n] = torch.from_numpy(np.array(self.states[start:start + n]))  # a copy: the map may be read-only
         return out
 

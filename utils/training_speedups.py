@@ -76,13 +76,14 @@ class TrainingSpeedups:
         eval_ds = eval_ds.add_column(ROW_COLUMN, list(range(len(train_records), len(sequences))))
         diff = check_exact(model, collator, [train_ds[i] for i in range(min(4, len(train_ds)))], device,
                            self._autocast_dtype())
-        self.facts.update(cache_build_seconds=round(self.cache.build_seconds, 1), cache_reused=self.cache.reused,
-                          cache_tokens=int(self.cache.offsets[-1]), cache_check_max_abs_diff=diff)
+        self.facts.update(cache_build_seconds=round(self.cache.build_seconds, 1),
+                          cache_reused=self.cache.reused or False, cache_tokens=self.cache.tokens,
+                          cache_check_max_abs_diff=diff)
+        how = (f"reused ({self.cache.reused}) from {folder}" if self.cache.reused
+               else f"built in {self.cache.build_seconds:.0f} s")
         self.logger.info("frozen-prefix cache: %d sequences, %d tokens through %d frozen blocks, %s "
-                         "(cached vs uncached logits differ by %.1e)", len(sequences), self.cache.offsets[-1],
-                         self.args.freeze_layers,
-                         f"reused from {folder}" if self.cache.reused else f"built in {self.cache.build_seconds:.0f} s",
-                         diff)
+                         "(cached vs uncached logits differ by %.1e)", len(sequences), self.cache.tokens,
+                         self.args.freeze_layers, how, diff)
         return train_ds, eval_ds, collator
 
     def prepare_model(self, model: torch.nn.Module, trainable: int) -> tuple[torch.nn.Module, int]:

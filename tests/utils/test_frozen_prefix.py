@@ -8,7 +8,7 @@ from transformers import Qwen2Config
 
 from model import SCMModel, SCMConfig
 from tests.tiny_models import TINY_VOCAB
-from utils.frozen_prefix import PREFIX_KEY, ROW_COLUMN, FrozenPrefixCache, PrefixCollator, check_exact
+from utils.frozen_prefix import INDEX_NAME, PREFIX_KEY, ROW_COLUMN, FrozenPrefixCache, PrefixCollator, check_exact
 from utils.training import PaddingCollator, freeze_lower_layers
 
 
@@ -138,13 +138,49 @@ def test_a_kept_cache_is_reused_only_while_weights_and_sequences_match(tmp_path)
     first.close()
     assert (folder / "manifest.json").is_file()  # kept for later runs
     again = FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True)
-    assert again.reused and again.build_seconds == 0.0
+    assert again.reused == "exact" and again.build_seconds == 0.0
     torch.testing.assert_close(again.rows([0, 1, 2], 12), first_rows)
-    other_data = FrozenPrefixCache.build(model, 2, sequences[:2], folder, progress=False, keep=True)
-    assert not other_data.reused
-    before = other_data.rows([1], 9)
+    new_sequence = FrozenPrefixCache.build(model, 2, [sequences[0], [21, 22, 23, 24]], folder, progress=False,
+                                           keep=True)
+    assert not new_sequence.reused  # one sequence it never saw: rebuilt for this run's two
+    torch.testing.assert_close(new_sequence.rows([0], 12), first_rows[:1])
+    before = new_sequence.rows([0], 9)
     with torch.no_grad():
         model.backbone.layers[1].mlp.up_proj.weight.add_(0.5)  # a frozen block changed: its outputs change
-    other_weights = FrozenPrefixCache.build(model, 2, sequences[:2], folder, progress=False, keep=True)
+    other_weights = FrozenPrefixCache.build(model, 2, [sequences[0]], folder, progress=False, keep=True)
     assert not other_weights.reused
-    assert (other_weights.rows([1], 9) - before).abs().max() > 1e-3
+    assert (other_weights.rows([0], 9) - before).abs().max() > 1e-3
+
+
+def test_a_subset_of_the_cached_sequences_in_another_order_reads_their_rows(tmp_path):
+    """A leave-one-source-out fold trains on part of the data the cache was built on, without a new pass."""
+    model = _tiny_scm()
+    sequences = [f["input_ids"] for f in _features(5)]
+    folder = tmp_path / "kept"
+    whole = FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True)
+    expected = whole.rows([4, 1, 3], 20)
+    whole.close()
+    fold = FrozenPrefixCache.build(model, 2, [sequences[4], sequences[1], sequences[3]], folder, progress=False,
+                                   keep=True)
+    assert fold.reused == "subset" and len(fold) == 3 and fold.tokens == sum(len(sequences[i]) for i in (4, 1, 3))
+    torch.testing.assert_close(fold.rows([0, 1, 2], 20), expected)
+    fold.close()
+    with torch.no_grad():  # the fold's rows are what its own cache would hold
+        fresh = FrozenPrefixCache.build(model, 2, [sequences[4], sequences[1], sequences[3]], tmp_path / "fresh",
+                                        progress=False)
+    torch.testing.assert_close(fresh.rows([0, 1, 2], 20), expected)
+    assert FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True).reused == "exact"
+
+
+def test_a_cache_from_before_the_index_is_reused_exactly_and_indexed_for_subsets(tmp_path):
+    model = _tiny_scm()
+    sequences = [f["input_ids"] for f in _features(4)]
+    folder = tmp_path / "kept"
+    FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True).close()
+    (folder / INDEX_NAME).unlink()  # as written by the first cache format
+    assert FrozenPrefixCache.build(model, 2, sequences[1:], folder, progress=False, keep=True).reused == ""
+    FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True).close()  # rebuilt with an index
+    (folder / INDEX_NAME).unlink()
+    assert FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True).reused == "exact"
+    assert (folder / INDEX_NAME).is_file()
+    assert FrozenPrefixCache.build(model, 2, sequences[1:], folder, progress=False, keep=True).reused == "subset"
