@@ -5,11 +5,12 @@
 # are handled).
 #
 #   bash scripts/run-loso.sh                                                       # the lexical floor, every source
-#   RECIPE=scripts/recipes/realmix-cpu.sh MODELS="lexical scm qwen-full encoder" bash scripts/run-loso.sh
+#   RECIPE=scripts/recipes/realmix-cpu-1ep.sh MODELS="lexical scm qwen-full encoder" bash scripts/run-loso.sh
 #   SOURCES=jbb-GCG,xstest-gpt4 MODELS=scm RECIPE=... RUNS=runs/loso-try OUT=runs/loso-try bash scripts/run-loso.sh
 #
-# RECIPE names a bash file setting the arrays that run-realmix.sh's BUDGET arms set, so the neural models train as
-# they do there: DATA_FLAGS / ENCODER_DATA_FLAGS (scripts/run-data.sh flags for SmolLM2 / MiniLM), CAUSAL_FLAGS
+# RECIPE names a bash file setting the arrays that run-realmix.sh's BUDGET recipes (scripts/recipes/realmix-*.sh)
+# set, so the neural models train as they do there; with realmix-cpu*.sh every fold reuses the frozen-prefix cache
+# of the whole realmix run (a fold's training and validation sequences are a subset of it): DATA_FLAGS / ENCODER_DATA_FLAGS (scripts/run-data.sh flags for SmolLM2 / MiniLM), CAUSAL_FLAGS
 # (run-scm.sh and run-qwen-full.sh training flags), ENCODER_FLAGS (run-modernbert-full.sh training flags), e.g.
 #     DATA_FLAGS=(--max-prompt-tokens 64); ENCODER_DATA_FLAGS=(--max-prompt-tokens 64)
 #     CAUSAL_FLAGS=(--num-train-epochs 1 --freeze-layers 24 --max-length 512); ENCODER_FLAGS=(--max-length 512)
@@ -17,7 +18,8 @@
 # MODELS: lexical (full + partial), scm (token and holistic partial, full), qwen-full (full + partial), encoder
 # (full; partial too with ENCODER_PARTIAL=1: every prefix re-classified, slow on a CPU).
 # Folders, processed data, models and evaluations go to $RUNS (default runs/loso; use a new one for another recipe,
-# as finished steps are skipped); $OUT (default results/loso) gets loso.md, loso.json, timings.tsv and each
+# as finished steps are skipped); $OUT (default results/loso) gets loso.md, loso.json, timings.tsv (a row per step
+# run, earlier runs' rows kept) and each
 # evaluation's summary.json and report.md. SMOL / MINILM override the backbones (tests use tiny ones).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 enter_repo REALMIX OUT RUNS RECIPE  # it chains the other drivers by their repository paths
@@ -47,12 +49,15 @@ needs() { [[ " $MODELS " == *" $1 "* ]]; }
 flags_tag() { printf '%s\n' "$@" | sha1sum | cut -c1-8; }
 
 mkdir -p "$OUT"
-: > "$OUT/timings.tsv"
-timed() {  # timed NAME COMMAND...: run and record the wall time in $OUT/timings.tsv
+touch "$OUT/timings.tsv"
+timed() {  # timed NAME COMMAND...: run and record the wall time in $OUT/timings.tsv (replacing NAME's earlier row)
   local name="$1"; shift
   local start=$SECONDS
   "$@"
-  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$OUT/timings.tsv"
+  local kept
+  kept="$(grep -vP "^\Q$name\E\t" "$OUT/timings.tsv" || true)"
+  { [ -n "$kept" ] && printf '%s\n' "$kept"; printf '%s\t%s\n' "$name" "$((SECONDS - start))"; } > "$OUT/timings.tsv.tmp"
+  mv "$OUT/timings.tsv.tmp" "$OUT/timings.tsv"
 }
 python -m utils.loso build --input-dir "$REALMIX" --output-dir "$RUNS/folders" ${SOURCES:+--sources "$SOURCES"}
 if needs lexical || needs scm || needs qwen-full; then SMOL="${SMOL:-$(asset_path smollm2)}"; fi

@@ -58,6 +58,8 @@ def _run_loso(models: list[str], backbones: dict[str, str], tmp_path: Path) -> t
     realmix = write_fineharm_folder(tmp_path / "realmix", {"train": 40, "val": 16, "test": 16})
     (tmp_path / "recipe.sh").write_text(RECIPE)
     out, runs = tmp_path / "out", tmp_path / "runs"
+    out.mkdir()  # an earlier run's timings: another source's row stays, a step run again gets its new time
+    (out / "timings.tsv").write_text("jbb-DSN/train-lexical\t91\njbb-GCG/train-lexical\t999\n")
     done = _bash("scripts/run-loso.sh", {
         **backbones, "REALMIX": str(realmix), "OUT": str(out), "RUNS": str(runs), "RECIPE": str(tmp_path / "recipe.sh"),
         "SOURCES": "jbb-GCG", "MODELS": " ".join(models), "ENCODER_PARTIAL": "1"})
@@ -78,9 +80,11 @@ def test_lexical_and_scm_end_to_end_for_one_source(backbones, tmp_path):
     (data,) = (runs / "data").glob("jbb-GCG-smollm2-*")
     assert json.loads((data / "meta.json").read_text())["max_prompt_tokens"] == 8
     assert (out / "jbb-GCG" / "scm" / "summary.json").is_file() and (out / "loso.md").is_file()
-    steps = [line.split("\t")[0] for line in (out / "timings.tsv").read_text().splitlines()]
-    assert steps == ["jbb-GCG/data-smollm2", "jbb-GCG/train-lexical", "jbb-GCG/eval-lexical-full",
-                     "jbb-GCG/eval-lexical-partial", "jbb-GCG/train-scm", "jbb-GCG/eval-scm"]
+    rows = [line.split("\t") for line in (out / "timings.tsv").read_text().splitlines()]
+    assert [step for step, _ in rows] == [
+        "jbb-DSN/train-lexical", "jbb-GCG/data-smollm2", "jbb-GCG/train-lexical", "jbb-GCG/eval-lexical-full",
+        "jbb-GCG/eval-lexical-partial", "jbb-GCG/train-scm", "jbb-GCG/eval-scm"]
+    assert dict(rows)["jbb-DSN/train-lexical"] == "91" and int(dict(rows)["jbb-GCG/train-lexical"]) < 999
 
 
 @pytest.mark.slow

@@ -1,0 +1,55 @@
+"""scripts/recipes/realmix-*.sh: the training flags run-realmix.sh (BUDGET) and run-loso.sh (RECIPE) share."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_text_data import write_fineharm_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "scripts" / "recipes").glob("realmix-*.sh"))
+
+
+def _arrays(recipe: Path) -> dict[str, list[str]]:
+    """The four arrays a recipe sets, read back from a bash that sourced it."""
+    script = (f'SCM_ROOT=/repo; source "{recipe}"; for name in DATA_FLAGS ENCODER_DATA_FLAGS CAUSAL_FLAGS '
+              'ENCODER_FLAGS; do declare -n a=$name; printf "%s=%s\\n" "$name" "${a[*]}"; unset -n a; done')
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                          env={k: v for k, v in os.environ.items() if k != "REALMIX_CPU_EPOCHS"})
+    return {name: value.split() for name, value in (line.split("=", 1) for line in done.stdout.splitlines())}
+
+
+def test_the_recipes_are_the_budgets_of_run_realmix():
+    assert {r.stem for r in RECIPES} == {"realmix-cpu", "realmix-cpu-1ep", "realmix-cpu-v1", "realmix-full"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.stem)
+def test_each_recipe_sets_every_array(recipe):
+    arrays = _arrays(recipe)
+    assert set(arrays) == {"DATA_FLAGS", "ENCODER_DATA_FLAGS", "CAUSAL_FLAGS", "ENCODER_FLAGS"}
+    assert arrays["CAUSAL_FLAGS"] and arrays["ENCODER_FLAGS"]
+
+
+def test_the_cpu_recipe_trains_three_epochs_on_the_shared_cache_and_its_one_epoch_variant_one():
+    cpu = _arrays(ROOT / "scripts" / "recipes" / "realmix-cpu.sh")["CAUSAL_FLAGS"]
+    one = _arrays(ROOT / "scripts" / "recipes" / "realmix-cpu-1ep.sh")["CAUSAL_FLAGS"]
+    epochs = lambda flags: flags[flags.index("--num-train-epochs") + 1]  # noqa: E731
+    assert epochs(cpu) == "3" and epochs(one) == "1"
+    assert [f for f in cpu if f != "3"] == [f for f in one if f != "1"]  # nothing else differs
+    assert "/repo/.cache/prefix-cache/realmix-cpu-smollm2-f24" in cpu and "--cache-frozen-prefix" in cpu
+
+
+def test_run_realmix_names_the_budgets_it_knows(tmp_path):
+    realmix = write_fineharm_folder(tmp_path / "realmix", {"train": 2, "val": 2, "test": 2})
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "REALMIX": str(realmix),
+           "BUDGET": "gpu", "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs")}
+    done = subprocess.run(["bash", "scripts/run-realmix.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "BUDGET must be one of: cpu cpu-1ep cpu-v1 full" in done.stderr and "realmix-gpu.sh" in done.stderr
+    assert not (tmp_path / "out").exists()
