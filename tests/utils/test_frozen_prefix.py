@@ -128,26 +128,30 @@ def test_a_backbone_that_rescales_inputs_embeds_fails_the_exactness_check(tmp_pa
         check_exact(model, PrefixCollator(PaddingCollator(pad_token_id=0), cache), features)
 
 
+def _kept(model, sequences, folder) -> FrozenPrefixCache:
+    """A cache kept in ``folder`` for later runs (``--prefix-cache-dir``), two frozen blocks."""
+    return FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True)
+
+
 def test_a_kept_cache_is_reused_only_while_weights_and_sequences_match(tmp_path):
     model = _tiny_scm()
     sequences = [f["input_ids"] for f in _features(3)]
     folder = tmp_path / "kept"
-    first = FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True)
+    first = _kept(model, sequences, folder)
     first_rows = first.rows([0, 1, 2], 12)
     assert not first.reused and first_rows.abs().sum() > 0
     first.close()
     assert (folder / "manifest.json").is_file()  # kept for later runs
-    again = FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True)
+    again = _kept(model, sequences, folder)
     assert again.reused == "exact" and again.build_seconds == 0.0
     torch.testing.assert_close(again.rows([0, 1, 2], 12), first_rows)
-    new_sequence = FrozenPrefixCache.build(model, 2, [sequences[0], [21, 22, 23, 24]], folder, progress=False,
-                                           keep=True)
+    new_sequence = _kept(model, [sequences[0], [21, 22, 23, 24]], folder)
     assert not new_sequence.reused  # one sequence it never saw: rebuilt for this run's two
     torch.testing.assert_close(new_sequence.rows([0], 12), first_rows[:1])
     before = new_sequence.rows([0], 9)
     with torch.no_grad():
         model.backbone.layers[1].mlp.up_proj.weight.add_(0.5)  # a frozen block changed: its outputs change
-    other_weights = FrozenPrefixCache.build(model, 2, [sequences[0]], folder, progress=False, keep=True)
+    other_weights = _kept(model, [sequences[0]], folder)
     assert not other_weights.reused
     assert (other_weights.rows([0], 9) - before).abs().max() > 1e-3
 
@@ -157,30 +161,28 @@ def test_a_subset_of_the_cached_sequences_in_another_order_reads_their_rows(tmp_
     model = _tiny_scm()
     sequences = [f["input_ids"] for f in _features(5)]
     folder = tmp_path / "kept"
-    whole = FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True)
+    whole = _kept(model, sequences, folder)
     expected = whole.rows([4, 1, 3], 20)
     whole.close()
-    fold = FrozenPrefixCache.build(model, 2, [sequences[4], sequences[1], sequences[3]], folder, progress=False,
-                                   keep=True)
+    order = [sequences[4], sequences[1], sequences[3]]
+    fold = _kept(model, order, folder)
     assert fold.reused == "subset" and len(fold) == 3 and fold.tokens == sum(len(sequences[i]) for i in (4, 1, 3))
     torch.testing.assert_close(fold.rows([0, 1, 2], 20), expected)
     fold.close()
-    with torch.no_grad():  # the fold's rows are what its own cache would hold
-        fresh = FrozenPrefixCache.build(model, 2, [sequences[4], sequences[1], sequences[3]], tmp_path / "fresh",
-                                        progress=False)
-    torch.testing.assert_close(fresh.rows([0, 1, 2], 20), expected)
-    assert FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True).reused == "exact"
+    fresh = FrozenPrefixCache.build(model, 2, order, tmp_path / "fresh", progress=False)
+    torch.testing.assert_close(fresh.rows([0, 1, 2], 20), expected)  # what the fold's own cache would hold
+    assert _kept(model, sequences, folder).reused == "exact"
 
 
 def test_a_cache_from_before_the_index_is_reused_exactly_and_indexed_for_subsets(tmp_path):
     model = _tiny_scm()
     sequences = [f["input_ids"] for f in _features(4)]
     folder = tmp_path / "kept"
-    FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True).close()
+    _kept(model, sequences, folder).close()
     (folder / INDEX_NAME).unlink()  # as written by the first cache format
-    assert FrozenPrefixCache.build(model, 2, sequences[1:], folder, progress=False, keep=True).reused == ""
-    FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True).close()  # rebuilt with an index
+    assert _kept(model, sequences[1:], folder).reused == ""
+    _kept(model, sequences, folder).close()  # rebuilt with an index
     (folder / INDEX_NAME).unlink()
-    assert FrozenPrefixCache.build(model, 2, sequences, folder, progress=False, keep=True).reused == "exact"
+    assert _kept(model, sequences, folder).reused == "exact"
     assert (folder / INDEX_NAME).is_file()
-    assert FrozenPrefixCache.build(model, 2, sequences[1:], folder, progress=False, keep=True).reused == "subset"
+    assert _kept(model, sequences[1:], folder).reused == "subset"
