@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from utils.cli import parse_command
+from utils.eval_outputs import portable_path
 from utils.fineharm import SPLIT_FILES, SPLITS, load_fineharm, response_label
 from utils.io_utils import DataFormatError, atomic_write, read_json, staged_output_dir, write_json
 
@@ -284,8 +285,8 @@ def table(args: TableArguments) -> str:
     output.mkdir(parents=True, exist_ok=True)
     with atomic_write(output / "loso.md") as handle:
         handle.write(text)
-    write_json(output / "loso.json", {"format_version": 1, "runs_dir": args.runs_dir, "min_class": args.min_class,
-                                      "rows": rows})
+    write_json(output / "loso.json", {"format_version": 1, "runs_dir": portable_path(args.runs_dir),
+                                      "min_class": args.min_class, "rows": rows})
     print(text)
     return text
 

@@ -4,10 +4,12 @@ and the table's handling of sources with too few responses of a class."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from utils import loso
+from utils.eval_outputs import REPO_ROOT
 from utils.io_utils import DataFormatError
 
 from tests.tiny_text_data import text_record, write_fineharm_folder
@@ -70,7 +72,10 @@ def test_table_hides_metrics_of_classes_too_small(tmp_path):
         run.mkdir(parents=True)
         (run / "summary.json").write_text(json.dumps(_summary(*counts)))
     text = loso.table(loso.TableArguments(runs_dir=str(tmp_path / "eval"), output_dir=str(tmp_path / "out")))
-    rows = json.loads((tmp_path / "out" / "loso.json").read_text())["rows"]
+    written = json.loads((tmp_path / "out" / "loso.json").read_text())
+    # the runs folder as the reports name paths: relative to the repository, never this machine's absolute path
+    assert written["runs_dir"] == os.path.relpath(tmp_path / "eval", REPO_ROOT)
+    rows = written["rows"]
     assert [(r["held_out"], r["mode"], r["rule"]) for r in rows[:3]] == [
         ("jbb-DSN", "full", "leak_free"), ("jbb-DSN", "partial", "leak_free"),
         ("jbb-DSN", "partial", "leak_free_early")]
