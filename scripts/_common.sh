@@ -50,6 +50,18 @@ has_flag() {
   return 1
 }
 
+# timed_step FILE NAME COMMAND...: run COMMAND and record its wall time as NAME's row of the tab-separated FILE,
+# replacing NAME's earlier row and keeping the others (a driver that skips finished steps keeps their times).
+timed_step() {
+  local file="$1" name="$2"; shift 2
+  local start=$SECONDS
+  "$@"
+  local kept=""
+  [ -f "$file" ] && kept="$(grep -vP "^\Q$name\E\t" "$file" || true)"
+  { [ -n "$kept" ] && printf '%s\n' "$kept"; printf '%s\t%s\n' "$name" "$((SECONDS - start))"; } > "$file.tmp"
+  mv "$file.tmp" "$file"
+}
+
 asset_path() {  # asset_path smollm2|minilm|qwen_tokenizer
   python -c "import utils.assets as a; print({'smollm2': a.smollm2_path, 'minilm': a.minilm_path, 'qwen_tokenizer': a.qwen_tokenizer_path}['$1']())"
 }

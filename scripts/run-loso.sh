@@ -49,16 +49,7 @@ needs() { [[ " $MODELS " == *" $1 "* ]]; }
 flags_tag() { printf '%s\n' "$@" | sha1sum | cut -c1-8; }
 
 mkdir -p "$OUT"
-touch "$OUT/timings.tsv"
-timed() {  # timed NAME COMMAND...: run and record the wall time in $OUT/timings.tsv (replacing NAME's earlier row)
-  local name="$1"; shift
-  local start=$SECONDS
-  "$@"
-  local kept
-  kept="$(grep -vP "^\Q$name\E\t" "$OUT/timings.tsv" || true)"
-  { [ -n "$kept" ] && printf '%s\n' "$kept"; printf '%s\t%s\n' "$name" "$((SECONDS - start))"; } > "$OUT/timings.tsv.tmp"
-  mv "$OUT/timings.tsv.tmp" "$OUT/timings.tsv"
-}
+timed() { timed_step "$OUT/timings.tsv" "$@"; }  # timed NAME COMMAND...
 python -m utils.loso build --input-dir "$REALMIX" --output-dir "$RUNS/folders" ${SOURCES:+--sources "$SOURCES"}
 if needs lexical || needs scm || needs qwen-full; then SMOL="${SMOL:-$(asset_path smollm2)}"; fi
 if needs encoder; then MINILM="${MINILM:-$(asset_path minilm)}"; fi

@@ -33,18 +33,9 @@ source "$RECIPE"
 DATA_BUDGET="${BUDGET%-*}"  # cpu-v1 and cpu-1ep process the data as cpu does
 CAUSAL_DATA="$SCM_ROOT/.cache/data/realmix-$DATA_BUDGET-smollm2"
 ENCODER_DATA="$SCM_ROOT/.cache/data/realmix-$DATA_BUDGET-minilm"
-timed() {  # timed NAME COMMAND...: run and record the wall time in $OUT/timings.tsv
-  local name="$1"; shift
-  local start=$SECONDS
-  "$@"
-  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$OUT/timings.tsv"
-}
 mkdir -p "$OUT"
-[ -f "$OUT/timings.tsv" ] && mv "$OUT/timings.tsv" "$OUT/timings.tsv.previous"
-: > "$OUT/timings.tsv"
-keep_timing() {  # keep_timing NAME: a skipped step keeps the wall time of the run that produced its outputs
-  grep -P "^$1\t" "$OUT/timings.tsv.previous" >> "$OUT/timings.tsv" 2>/dev/null || true
-}
+# timed NAME COMMAND...: NAME's row of $OUT/timings.tsv; a skipped step keeps the time of the run that produced it
+timed() { timed_step "$OUT/timings.tsv" "$@"; }
 [ -f "$CAUSAL_DATA/meta.json" ] || timed data-smollm2 bash scripts/run-data.sh "$CAUSAL_DATA" "$SMOL" --input-dir "$REALMIX" "${DATA_FLAGS[@]}"
 [ -f "$ENCODER_DATA/meta.json" ] || timed data-minilm bash scripts/run-data.sh "$ENCODER_DATA" "$MINILM" --input-dir "$REALMIX" "${ENCODER_DATA_FLAGS[@]}"
 
@@ -52,7 +43,6 @@ train() {  # train NAME SCRIPT FLAGS...: skip when already trained (the neural r
   local name="$1"; shift
   if [ -f "$RUNS/$name/training_summary.json" ]; then
     echo "[realmix] $name already trained"
-    keep_timing "train-$name"
     return
   fi
   timed "train-$name" "$@" --output-dir "$RUNS/$name"
@@ -68,7 +58,6 @@ evaluate() {  # evaluate NAME RUN COMMAND...: skip when $OUT/NAME is newer than 
   local name="$1" run="$2"; shift 2
   if [ -z "${FRESH:-}" ] && [ "$OUT/$name/summary.json" -nt "$RUNS/$run/training_summary.json" ]; then
     echo "[realmix] $name already evaluated on the current $run checkpoint (FRESH=1 re-evaluates)"
-    keep_timing "eval-$name"
     return
   fi
   timed "eval-$name" "$@" --output-dir "$OUT/$name"
@@ -86,5 +75,4 @@ done
 cp "$RUNS/lexical/training_summary.json" "$OUT/training-summary-lexical.json"
 bash scripts/run-report.sh "$OUT/scm" "$OUT/qwen-full" "$OUT/qwen-partial" "$OUT/encoder-full" "$OUT/encoder-partial" \
   "$OUT/lexical-full" "$OUT/lexical-partial" --output "$OUT/report.md"
-rm -f "$OUT/timings.tsv.previous"
 cat "$OUT/report.md"

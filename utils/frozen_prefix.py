@@ -228,7 +228,7 @@ class FrozenPrefixCache:
         folder = Path(folder)
         manifest = fingerprint(model, n_frozen, sequences, autocast_dtype) if keep else None
         if keep:
-            found = cls._reusable(folder, manifest, sequences, offsets)
+            found = cls._reusable(folder, manifest, sequences, offsets[:-1], lengths)
             if found is not None:
                 starts, how = found
                 states = np.load(folder / "states.npy", mmap_mode="r")
@@ -277,8 +277,8 @@ class FrozenPrefixCache:
                    folder=folder, build_seconds=time.time() - started, keep=keep)
 
     @staticmethod
-    def _reusable(folder: Path, manifest: dict[str, Any], sequences: Sequence[Sequence[int]],
-                  offsets: np.ndarray) -> tuple[np.ndarray, str] | None:
+    def _reusable(folder: Path, manifest: dict[str, Any], sequences: Sequence[Sequence[int]], starts: np.ndarray,
+                  lengths: np.ndarray) -> tuple[np.ndarray, str] | None:
         """``(start rows, "exact" | "subset")`` when the kept cache in ``folder`` serves ``sequences``, else None."""
         if not (folder / "manifest.json").is_file():
             return None
@@ -287,10 +287,10 @@ class FrozenPrefixCache:
             return None
         if kept == manifest:
             if not (folder / INDEX_NAME).is_file():  # a cache from before the index: give it one for later subsets
-                write_index(folder, sequence_digests(sequences), offsets[:-1], np.diff(offsets))
-            return offsets[:-1], "exact"
-        starts = locate(folder, sequence_digests(sequences))
-        return None if starts is None else (starts, "subset")
+                write_index(folder, sequence_digests(sequences), starts, lengths)
+            return starts, "exact"
+        found = locate(folder, sequence_digests(sequences))
+        return None if found is None else (found, "subset")
 
     def rows(self, indices: Sequence[int], length: int) -> torch.Tensor:
         """Cached states of sequences ``indices``, right-padded with zeros to ``length``: ``(len, length, hidden)``."""

@@ -57,3 +57,19 @@ def test_enter_repo_takes_the_callers_paths_first_then_works_from_the_root(tmp_p
     assert completed.returncode == 0, completed.stderr
     cwd, out, runs = completed.stdout.split("\n")[:3]
     assert Path(cwd) == ROOT and out == str(tmp_path / "results" / "x") and runs == "[]"
+
+
+def test_timed_step_replaces_its_own_row_and_keeps_the_others(tmp_path):
+    timings = tmp_path / "timings.tsv"
+    timings.write_text("data\t8\ntrain-scm\t999\neval-scm\t245\n")
+    done = _bash(f'timed_step "{timings}" train-scm true; timed_step "{timings}" eval-lexical true', tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("\t") for line in timings.read_text().splitlines()]
+    assert [name for name, _ in rows] == ["data", "eval-scm", "train-scm", "eval-lexical"]
+    assert dict(rows)["data"] == "8" and dict(rows)["eval-scm"] == "245" and int(dict(rows)["train-scm"]) < 999
+    failed = _bash(f'timed_step "{timings}" data false', tmp_path)  # a failing step stops the driver, row untouched
+    assert failed.returncode != 0 and dict(line.split("\t") for line in timings.read_text().splitlines())["data"] == "8"
+    fresh = tmp_path / "new" / "timings.tsv"
+    fresh.parent.mkdir()
+    assert _bash(f'timed_step "{fresh}" first true', tmp_path).returncode == 0
+    assert fresh.read_text().startswith("first\t")
