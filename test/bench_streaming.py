@@ -42,6 +42,7 @@ from model.modeling_qwen4dual_2CE_w_logic import SCMConfig, SCMModel
 from serve.monitor import StreamingMonitor, score_offline
 from utils.cli import parse_dataclasses
 from utils.decision_rules import DelayK
+from utils.eval_outputs import portable_path
 from utils.io_utils import atomic_write, write_json
 
 # A k no stream can reach: the benchmark must never stop a stream.
@@ -114,7 +115,7 @@ def build_model(args: BenchArguments, longest: int) -> tuple[SCMModel, str]:
 
     path = args.backbone or str(smollm2_path())
     model = SCMModel.from_backbone(path, dtype=torch.float32, attn_implementation=args.attn_implementation)
-    return model.eval(), f"SCM over {path} (random heads)"
+    return model.eval(), f"SCM over {portable_path(path)} (random heads)"  # no machine's absolute path in reports
 
 
 def machine_info() -> dict[str, Any]:

@@ -241,6 +241,13 @@ def test_tiny_benchmark_writes_consistent_medians(tmp_path):
     assert "| prefix | batch | incremental ms/step |" in (tmp_path / "streaming-bench-tiny.md").read_text()
 
 
+def test_benchmark_describes_its_backbone_without_the_machines_absolute_path(tiny_causal_backbone, tmp_path):
+    _, description = bench_streaming.build_model(BenchArguments(backbone=str(tiny_causal_backbone.resolve()),
+                                                                output_dir=str(tmp_path)), longest=64)
+    assert not description.startswith("SCM over /")
+    assert description == f"SCM over {os.path.relpath(tiny_causal_backbone.resolve(), REPO)} (random heads)"
+
+
 @pytest.mark.parametrize("kwargs, match", [({"prefix_lengths": "a,b"}, "--prefix-lengths takes comma-separated"),
                                            ({"batch_sizes": "0"}, "--batch-sizes needs positive"),
                                            ({"steps": 0}, "--steps must be >= 1"),
