@@ -374,6 +374,8 @@ class PaperTrainingArguments(TrainingArguments):
             raise ValueError(f"--{explicit} contradicts --precision {self.precision}; use --precision alone")
         self.bf16 = self.precision == "bf16"
         self.fp16 = self.precision == "fp16"
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns on every epoch
         super().__post_init__()
 
 

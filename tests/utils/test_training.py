@@ -75,3 +75,10 @@ def test_paper_optimizer_decays_every_parameter_of_bf16_weights(tmp_path):
     for name, p in model.named_parameters():
         assert p.dtype == torch.bfloat16, name
         assert torch.equal(p.detach(), before[name] * (1 - 0.5 * 0.5)), name
+
+
+def test_memory_is_pinned_only_with_an_accelerator(tmp_path, monkeypatch):
+    # Pinning without one only made torch warn at every epoch's DataLoader.
+    assert _args(tmp_path).dataloader_pin_memory is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _args(tmp_path, precision="bf16").dataloader_pin_memory is True
