@@ -18,7 +18,9 @@
 # MODELS: lexical (full + partial), scm (token and holistic partial, full), qwen-full (full + partial), encoder
 # (full; partial too with ENCODER_PARTIAL=1: every prefix re-classified, slow on a CPU).
 # Folders, processed data, models and evaluations go to $RUNS (default runs/loso; use a new one for another recipe,
-# as finished steps are skipped); $OUT (default results/loso) gets loso.md, loso.json, timings.tsv (a row per step
+# as finished steps are skipped: processed data, trained models, and evaluations newer than their model, unless
+# FRESH=1; SOURCES=... runs only those sources and keeps the others' models and evaluations, so the table covers
+# every source evaluated in $RUNS); $OUT (default results/loso) gets loso.md, loso.json, timings.tsv (a row per step
 # run, earlier runs' rows kept) and each
 # evaluation's summary.json and report.md. SMOL / MINILM override the backbones (tests use tiny ones).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -54,9 +56,14 @@ python -m utils.loso build --input-dir "$REALMIX" --output-dir "$RUNS/folders" $
 if needs lexical || needs scm || needs qwen-full; then SMOL="${SMOL:-$(asset_path smollm2)}"; fi
 if needs encoder; then MINILM="${MINILM:-$(asset_path minilm)}"; fi
 
-evaluate() {  # evaluate SOURCE RUN COMMAND...: run one evaluation into $RUNS/eval/SOURCE/RUN, keep its summary
-  local source="$1" run="$2"; shift 2
-  timed "$source/eval-$run" "$@" --output-dir "$RUNS/eval/$source/$run"
+evaluate() {  # evaluate SOURCE RUN MODEL COMMAND...: one evaluation into $RUNS/eval/SOURCE/RUN, keep its summary;
+  # skipped when that summary is newer than MODEL's training (FRESH=1 re-evaluates)
+  local source="$1" run="$2" model="$3"; shift 3
+  if [ -z "${FRESH:-}" ] && [ "$RUNS/eval/$source/$run/summary.json" -nt "$RUNS/models/$source/$model/training_summary.json" ]; then
+    echo "[loso] $source/$run already evaluated on the current $model model (FRESH=1 re-evaluates)" >&2
+  else
+    timed "$source/eval-$run" "$@" --output-dir "$RUNS/eval/$source/$run"
+  fi
   mkdir -p "$OUT/$source/$run"
   cp "$RUNS/eval/$source/$run/summary.json" "$RUNS/eval/$source/$run/report.md" "$OUT/$source/$run/"
 }
@@ -80,23 +87,23 @@ for source in $(python -m utils.loso list --folders "$RUNS/folders"); do
   fi
   if needs lexical; then
     train "$source" lexical bash scripts/run-lexical.sh --data-dir "$causal"
-    evaluate "$source" lexical-full bash scripts/run-lexical.sh test --mode full --model-path "$RUNS/models/$source/lexical" --data-dir "$causal"
-    evaluate "$source" lexical-partial bash scripts/run-lexical.sh test --mode partial --model-path "$RUNS/models/$source/lexical" --data-dir "$causal"
+    evaluate "$source" lexical-full lexical bash scripts/run-lexical.sh test --mode full --model-path "$RUNS/models/$source/lexical" --data-dir "$causal"
+    evaluate "$source" lexical-partial lexical bash scripts/run-lexical.sh test --mode partial --model-path "$RUNS/models/$source/lexical" --data-dir "$causal"
   fi
   if needs scm; then
     train "$source" scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "$causal" "${CAUSAL_FLAGS[@]}"
-    evaluate "$source" scm bash scripts/run-scm.sh test --model-path "$RUNS/models/$source/scm" --data-dir "$causal"
+    evaluate "$source" scm scm bash scripts/run-scm.sh test --model-path "$RUNS/models/$source/scm" --data-dir "$causal"
   fi
   if needs qwen-full; then
     train "$source" qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "$causal" "${CAUSAL_FLAGS[@]}"
-    evaluate "$source" qwen-full bash scripts/run-qwen-full.sh test --model-path "$RUNS/models/$source/qwen-full" --data-dir "$causal"
-    evaluate "$source" qwen-partial bash scripts/run-qwen-partial.sh test --model-path "$RUNS/models/$source/qwen-full" --data-dir "$causal"
+    evaluate "$source" qwen-full qwen-full bash scripts/run-qwen-full.sh test --model-path "$RUNS/models/$source/qwen-full" --data-dir "$causal"
+    evaluate "$source" qwen-partial qwen-full bash scripts/run-qwen-partial.sh test --model-path "$RUNS/models/$source/qwen-full" --data-dir "$causal"
   fi
   if needs encoder; then
     train "$source" encoder bash scripts/run-modernbert-full.sh --base-model-path "$MINILM" --data-dir "$encoder" "${ENCODER_FLAGS[@]}"
-    evaluate "$source" encoder-full bash scripts/run-modernbert-full.sh test --model-path "$RUNS/models/$source/encoder" --data-dir "$encoder"
+    evaluate "$source" encoder-full encoder bash scripts/run-modernbert-full.sh test --model-path "$RUNS/models/$source/encoder" --data-dir "$encoder"
     if [ "$ENCODER_PARTIAL" = 1 ]; then
-      evaluate "$source" encoder-partial bash scripts/run-modernbert-partial.sh test --model-path "$RUNS/models/$source/encoder" --data-dir "$encoder"
+      evaluate "$source" encoder-partial encoder bash scripts/run-modernbert-partial.sh test --model-path "$RUNS/models/$source/encoder" --data-dir "$encoder"
     fi
   fi
 done

@@ -127,7 +127,9 @@ def build(args: BuildArguments) -> dict[str, Any]:
     manifest: dict[str, Any] = {"format_version": 1, "input_dir": args.input_dir, "min_class": MIN_CLASS,
                                 "test": "all records of the held-out source, from every original split",
                                 "counts": counts, "held_out": {}}
-    with staged_output_dir(args.output_dir, [*chosen, SOURCES_NAME]) as tmp:
+    # Any source's folder may be replaced (a later run over other sources rebuilds the folder for those only; the
+    # folders are derived data, the models and evaluations live elsewhere); foreign files still stop it.
+    with staged_output_dir(args.output_dir, [*counts, SOURCES_NAME]) as tmp:
         for held_out in chosen:
             folds, provenance = held_out_split(data, held_out)
             folder = tmp / held_out

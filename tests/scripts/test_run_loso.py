@@ -85,6 +85,19 @@ def test_lexical_and_scm_end_to_end_for_one_source(backbones, tmp_path):
         "jbb-DSN/train-lexical", "jbb-GCG/data-smollm2", "jbb-GCG/train-lexical", "jbb-GCG/eval-lexical-full",
         "jbb-GCG/eval-lexical-partial", "jbb-GCG/train-scm", "jbb-GCG/eval-scm"]
     assert dict(rows)["jbb-DSN/train-lexical"] == "91" and int(dict(rows)["jbb-GCG/train-lexical"]) < 999
+    # run again: nothing is redone (data, models, evaluations newer than their model); FRESH=1 re-evaluates
+    env = {**backbones, "REALMIX": str(tmp_path / "realmix"), "OUT": str(out), "RUNS": str(runs),
+           "RECIPE": str(tmp_path / "recipe.sh"), "SOURCES": "jbb-GCG", "MODELS": "lexical scm"}
+    timings = (out / "timings.tsv").read_text()
+    again = _bash("scripts/run-loso.sh", env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "timings.tsv").read_text() == timings
+    assert "jbb-GCG/scm already evaluated on the current scm model" in again.stderr
+    evaluated = runs / "eval" / "jbb-GCG" / "lexical-full" / "summary.json"
+    before = evaluated.stat().st_mtime_ns
+    fresh = _bash("scripts/run-loso.sh", {**env, "MODELS": "lexical", "FRESH": "1"})
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "already evaluated" not in fresh.stderr and evaluated.stat().st_mtime_ns > before
 
 
 @pytest.mark.slow

@@ -50,6 +50,13 @@ def test_build_writes_fineharm_folders(tmp_path):
     assert loso.list_sources(loso.ListArguments(folders=str(tmp_path / "out"))) == ["jbb-GCG", "xstest-gpt4"]
     with pytest.raises(ValueError, match="unknown source.*jbb-XYZ"):
         loso.build(loso.BuildArguments(input_dir=str(source), output_dir=str(tmp_path / "o2"), sources="jbb-XYZ"))
+    # another subset into the same folder replaces it (folders are derived data); a foreign file still stops it
+    loso.build(loso.BuildArguments(input_dir=str(source), output_dir=str(tmp_path / "out"), sources="jbb-JBC"))
+    assert loso.list_sources(loso.ListArguments(folders=str(tmp_path / "out"))) == ["jbb-JBC"]
+    assert not (tmp_path / "out" / "jbb-GCG").exists()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        loso.build(loso.BuildArguments(input_dir=str(source), output_dir=str(tmp_path / "out"), sources="jbb-GCG"))
 
 
 def test_records_without_source_metadata_are_refused():
