@@ -62,6 +62,12 @@ timed_step() {
   mv "$file.tmp" "$file"
 }
 
+# is_current OUTPUT INPUT: true when OUTPUT (an evaluation's summary.json) is newer than INPUT (the model's
+# training_summary.json) and FRESH is unset: the drivers skip such an evaluation (FRESH=1 redoes every one).
+is_current() {
+  [ -z "${FRESH:-}" ] && [ "$1" -nt "$2" ]
+}
+
 asset_path() {  # asset_path smollm2|minilm|qwen_tokenizer
   python -c "import utils.assets as a; print({'smollm2': a.smollm2_path, 'minilm': a.minilm_path, 'qwen_tokenizer': a.qwen_tokenizer_path}['$1']())"
 }

@@ -59,7 +59,7 @@ if needs encoder; then MINILM="${MINILM:-$(asset_path minilm)}"; fi
 evaluate() {  # evaluate SOURCE RUN MODEL COMMAND...: one evaluation into $RUNS/eval/SOURCE/RUN, keep its summary;
   # skipped when that summary is newer than MODEL's training (FRESH=1 re-evaluates)
   local source="$1" run="$2" model="$3"; shift 3
-  if [ -z "${FRESH:-}" ] && [ "$RUNS/eval/$source/$run/summary.json" -nt "$RUNS/models/$source/$model/training_summary.json" ]; then
+  if is_current "$RUNS/eval/$source/$run/summary.json" "$RUNS/models/$source/$model/training_summary.json"; then
     echo "[loso] $source/$run already evaluated on the current $model model (FRESH=1 re-evaluates)" >&2
   else
     timed "$source/eval-$run" "$@" --output-dir "$RUNS/eval/$source/$run"

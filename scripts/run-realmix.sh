@@ -56,7 +56,7 @@ train lexical bash scripts/run-lexical.sh --data-dir "$CAUSAL_DATA"
 
 evaluate() {  # evaluate NAME RUN COMMAND...: skip when $OUT/NAME is newer than the run's checkpoint (unless FRESH=1)
   local name="$1" run="$2"; shift 2
-  if [ -z "${FRESH:-}" ] && [ "$OUT/$name/summary.json" -nt "$RUNS/$run/training_summary.json" ]; then
+  if is_current "$OUT/$name/summary.json" "$RUNS/$run/training_summary.json"; then
     echo "[realmix] $name already evaluated on the current $run checkpoint (FRESH=1 re-evaluates)"
     return
   fi

@@ -12,8 +12,8 @@ Command (from the repository root; realmix is never copied into the project)::
         --runs scm=results/realmix/scm lexical=results/realmix/lexical-partial \\
         --output-file results/realmix/errors-by-source.md
 
-A partial-mode folder gives its ``best`` and ``early`` leak-free points for ``--scorer`` (token when the folder has
-it, else holistic); a full-mode folder its leak-free threshold.
+A partial-mode folder gives its ``best`` and ``early`` leak-free points (of the token scorer when the folder has it,
+else of the holistic one); a folder with whole-response scores also gives its leak-free threshold.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -44,8 +43,8 @@ class Arguments:
     output_file: str | None = field(default=None, metadata={"help": "Also write the markdown table here."})
 
 
-def decisions(eval_dir: str | Path) -> dict[str, list[bool]]:
-    """Each leak-free point of one evaluation folder -> whether it flags each test record (plus ``labels``).
+def decisions(eval_dir: str | Path) -> tuple[list[bool], dict[str, list[bool]]]:
+    """The test labels of one evaluation folder, and each leak-free point -> whether it flags each test record.
 
     Partial mode: the best and early points of the token scorer (else the holistic one); full mode (and a partial
     folder's whole-response scores): the leak-free threshold.
@@ -55,7 +54,7 @@ def decisions(eval_dir: str | Path) -> dict[str, list[bool]]:
     """
     summary = read_json(Path(eval_dir) / "summary.json")
     records = read_predictions(predictions_path(eval_dir, "test"))
-    found: dict[str, list[bool]] = {"labels": [bool(r["label"]) for r in records]}
+    points: dict[str, list[bool]] = {}
     partial = summary.get("partial") or {}
     if partial:
         scorer = "token" if "token" in partial else next(iter(partial))
@@ -64,17 +63,18 @@ def decisions(eval_dir: str | Path) -> dict[str, list[bool]]:
             if point is None:
                 raise DataFormatError(f"{eval_dir}/summary.json: no {key} point; evaluate with --splits val,test")
             stops = stop_indices(records, scorer, point["theta"], point["k"], point.get("counting", "all"))
-            found[f"{scorer} {rule} (θ{point['theta']} k{point['k']})"] = [s is not None for s in stops]
+            points[f"{scorer} {rule} (θ{point['theta']} k{point['k']})"] = [s is not None for s in stops]
     point = (summary.get("full") or {}).get("leak_free")
     if point is not None and all("full_score" in r for r in records):
-        found[f"full (θ{point['theta']})"] = [r["full_score"] >= point["theta"] for r in records]
-    if len(found) == 1:
+        points[f"full (θ{point['theta']})"] = [r["full_score"] >= point["theta"] for r in records]
+    if not points:
         raise DataFormatError(f"{eval_dir}/summary.json: no leak-free point; evaluate with --splits val,test")
-    return found
+    return [bool(r["label"]) for r in records], points
 
 
 def error_table(runs: dict[str, str | Path], realmix_dir: str | Path) -> str:
-    """Markdown: one row per (source, class), one column per run and point, cells ``errors/responses``.
+    """Markdown: one row per (source, class) with its number of responses, one column per run and point, cells the
+    responses that point gets wrong.
 
     Raises:
         DataFormatError: predictions that do not follow realmix's test file (count or labels).
@@ -86,13 +86,12 @@ def error_table(runs: dict[str, str | Path], realmix_dir: str | Path) -> str:
     groups = Counter(zip(sources, labels))
     columns: dict[str, Counter] = {}
     for name, eval_dir in runs.items():
-        found = decisions(eval_dir)
-        if found["labels"] != labels:
+        predicted_labels, points = decisions(eval_dir)
+        if predicted_labels != labels:
             raise DataFormatError(f"{eval_dir}: its test predictions are not {test_file}'s records in order "
-                                  f"({len(found['labels'])} vs {len(labels)} records, or other labels)")
-        for point, flags in found.items():
-            if point != "labels":
-                columns[f"{name} {point}"] = Counter((s, y) for s, y, f in zip(sources, labels, flags) if f != y)
+                                  f"({len(predicted_labels)} vs {len(labels)} records, or other labels)")
+        for point, flags in points.items():
+            columns[f"{name} {point}"] = Counter((s, y) for s, y, f in zip(sources, labels, flags) if f != y)
     lines = ["| source | class | responses | " + " | ".join(columns) + " |",
              "|---|---|---:|" + "---:|" * len(columns)]
     for source, harmful in sorted(groups):

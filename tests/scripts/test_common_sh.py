@@ -73,3 +73,15 @@ def test_timed_step_replaces_its_own_row_and_keeps_the_others(tmp_path):
     fresh.parent.mkdir()
     assert _bash(f'timed_step "{fresh}" first true', tmp_path).returncode == 0
     assert fresh.read_text().startswith("first\t")
+
+
+def test_is_current_compares_times_unless_fresh(tmp_path):
+    (tmp_path / "model.json").write_text("{}")
+    os.utime(tmp_path / "model.json", (1_000, 1_000))
+    (tmp_path / "eval.json").write_text("{}")
+    check = f'is_current "{tmp_path}/eval.json" "{tmp_path}/model.json"'
+    assert _bash(check, tmp_path).returncode == 0
+    assert _bash(f"FRESH=1 {check}", tmp_path).returncode != 0
+    assert _bash(f'is_current "{tmp_path}/missing.json" "{tmp_path}/model.json"', tmp_path).returncode != 0
+    os.utime(tmp_path / "eval.json", (500, 500))  # evaluated before the model was trained again
+    assert _bash(check, tmp_path).returncode != 0
