@@ -115,6 +115,17 @@ def boundary_token_ids(tokenizer) -> tuple[Optional[int], Optional[int]]:
     return start, end
 
 
+def cut_prompt(prompt_ids: Sequence[int], max_prompt_tokens: Optional[int]) -> list[int]:
+    """The last ``max_prompt_tokens`` ids of an encoded ``prompt + "\n\n"`` (all of them for None, none for 0).
+
+    The one rule shared by the data processing and the streaming runtime (``serve/monitor.py``), so that a monitor
+    trained on cut prompts sees cut prompts when it is served.
+    """
+    if max_prompt_tokens is None or len(prompt_ids) <= max_prompt_tokens:
+        return list(prompt_ids)
+    return list(prompt_ids[len(prompt_ids) - max_prompt_tokens :])
+
+
 # ------------------------------------------------------------------------------------------------------ labelling
 
 
@@ -152,13 +163,22 @@ class ExampleEncoder:
         tokenizer: a Hugging Face tokenizer.
         max_prompt_tokens: keep only the last N tokens of ``prompt + "\n\n"`` (None keeps all). Long jailbreak
             templates otherwise dominate the sequence length; cutting their start keeps every response token, which
-            plain right truncation at training time would lose. Used for reduced-budget (CPU) runs.
+            plain right truncation at training time would lose. Used for reduced-budget (CPU) runs. 0 keeps no
+            prompt token: the monitor judges the response alone (after BOS, which must exist so that every
+            sequence has a first position before the response), as the lexical floor does.
+
+    Raises:
+        ValueError: ``max_prompt_tokens`` is 0 and the tokenizer has neither a BOS nor a CLS token.
     """
 
     def __init__(self, tokenizer, max_prompt_tokens: Optional[int] = None):
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.start_id, self.end_id = boundary_token_ids(tokenizer)
+        if max_prompt_tokens == 0 and self.start_id is None:
+            raise ValueError(f"--max-prompt-tokens 0 (response only) needs a tokenizer with a BOS or CLS token to "
+                             f"start each sequence; {type(tokenizer).__name__} has neither: keep at least 1 prompt "
+                             f"token")
         self.newline_ids = self._encode([SENTENCE_SEPARATOR])[0]
         self._pieces: dict[int, str] = {}
 
@@ -195,8 +215,7 @@ class ExampleEncoder:
         for _, sentences in items:
             input_ids: list[int] = [self.start_id] if self.start_id is not None else []
             prompt_ids = next(encoded)
-            if self.max_prompt_tokens is not None and len(prompt_ids) > self.max_prompt_tokens:
-                prompt_ids = prompt_ids[len(prompt_ids) - self.max_prompt_tokens :]
+            prompt_ids = cut_prompt(prompt_ids, self.max_prompt_tokens)
             input_ids.extend(prompt_ids)
             response_start = len(input_ids)
             spans = []
@@ -350,12 +369,15 @@ class DataProcessArguments:
     max_prompt_tokens: Optional[int] = field(
         default=None,
         metadata={"help": "Keep only the last N tokens of each prompt (+ its \\n\\n separator); for reduced-budget "
-                  "runs on long jailbreak prompts. Default: keep the whole prompt, as the paper does."},
+                  "runs on long jailbreak prompts; 0 keeps none (the response alone, after BOS). Default: keep the "
+                  "whole prompt, as the paper does. Training records it in the checkpoint, and the streaming "
+                  "runtime cuts prompts the same way."},
     )
 
     def __post_init__(self) -> None:
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise ValueError(f"--max-prompt-tokens must be positive, got {self.max_prompt_tokens}; omit it to keep all")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 0:
+            raise ValueError(f"--max-prompt-tokens must be 0 (no prompt) or more, got {self.max_prompt_tokens}; omit "
+                             f"it to keep whole prompts")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive number of examples, got {self.limit}; omit it for all")
         if self.num_workers < 1:

@@ -365,3 +365,23 @@ def test_several_input_folders_are_mixed_with_weights(tmp_path):
     assert meta["splits"]["train"]["examples"] == 6
     with pytest.raises(SystemExit):
         parse_args(["--output-dir", "o", "--tokenizer-path", "t", "--input-dir", "a", "b", "--source-weights", "1"])
+
+
+def test_max_prompt_tokens_zero_keeps_only_bos_before_the_response(tmp_path):
+    from utils.data_process import DataProcessArguments, ExampleEncoder, cut_prompt, main
+    from utils.io_utils import read_jsonl
+    from utils.sample_data import write_sample
+
+    assert cut_prompt([5, 6, 7], None) == [5, 6, 7] and cut_prompt([5, 6, 7], 2) == [6, 7]
+    assert cut_prompt([5, 6, 7], 0) == [] and cut_prompt([5], 4) == [5]
+    tokenizer = smollm2_path()  # SmolLM2 has a BOS token
+    sample = write_sample(tmp_path / "fh", seed=3, sizes={"train": 2, "val": 2, "test": 2})
+    meta = main(DataProcessArguments(output_dir=str(tmp_path / "p0"), tokenizer_path=str(tokenizer),
+                                     input_dir=str(sample), show_progress=False, max_prompt_tokens=0))
+    assert meta["max_prompt_tokens"] == 0
+    for record in read_jsonl(tmp_path / "p0" / "test.jsonl"):
+        assert record["response_start"] == 1 and record["input_ids"][0] == meta["bos_token_id"]
+    with pytest.raises(ValueError, match="needs a tokenizer with a BOS or CLS token"):
+        ExampleEncoder(load_tokenizer(qwen_tokenizer_path()), max_prompt_tokens=0)  # Qwen has no BOS
+    with pytest.raises(ValueError, match="must be 0 .no prompt. or more"):
+        DataProcessArguments(output_dir="o", tokenizer_path="t", max_prompt_tokens=-1)
