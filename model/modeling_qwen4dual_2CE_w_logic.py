@@ -58,6 +58,10 @@ class SCMConfig(PreTrainedConfig):
         pooling_pad_token_id: the id ``last-non-pad`` treats as padding (training sets the tokenizer's pad token,
             else its EOS, as the paper's code does); None takes the backbone config's ``pad_token_id``, and when
             that is None too, no id counts as padding.
+        max_prompt_tokens: how many tokens of ``prompt + "\\n\\n"`` the training data kept (the data's
+            ``--max-prompt-tokens``; 0: the response alone after BOS; None: whole prompts, the paper's). Training
+            records it and the streaming runtime cuts prompts the same way, so a monitor trained on the last 64
+            prompt tokens is not served 2,000-token jailbreak templates it never saw.
     """
 
     model_type = "scm"
@@ -74,6 +78,7 @@ class SCMConfig(PreTrainedConfig):
     task: str = "scm"
     holistic_pooling: str = PAPER_POOLING
     pooling_pad_token_id: int | None = None
+    max_prompt_tokens: int | None = None
 
     def __post_init__(self, **kwargs):
         if not self.id2label or len(self.id2label) != 2:
@@ -88,6 +93,11 @@ class SCMConfig(PreTrainedConfig):
         if self.holistic_pooling not in POOLING_RULES:
             raise ValueError(f"holistic_pooling must be one of {', '.join(POOLING_RULES)}, got "
                              f"{self.holistic_pooling!r}")
+        if self.max_prompt_tokens is not None and (isinstance(self.max_prompt_tokens, bool)
+                                                   or not isinstance(self.max_prompt_tokens, int)
+                                                   or self.max_prompt_tokens < 0):
+            raise ValueError(f"max_prompt_tokens must be None (whole prompts) or an integer >= 0, got "
+                             f"{self.max_prompt_tokens!r}")
         if self.pooling_pad_token_id is None and self.backbone_config is not None:
             backbone = self.backbone_config
             self.pooling_pad_token_id = (backbone.get("pad_token_id") if isinstance(backbone, dict)

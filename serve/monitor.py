@@ -36,6 +36,7 @@ Design notes:
 from __future__ import annotations
 
 import inspect
+import logging
 import itertools
 import operator
 from dataclasses import dataclass, field
@@ -49,7 +50,10 @@ from model.modeling_qwen4dual_2CE_w_logic import SCMModel
 from serve.kv_slab import CAPACITY_QUANTUM, KVSlab, SlabCache, StepPlan, build_attention_mask
 from serve.cuda_step import FastStep, make_fast_step
 from utils.decision_rules import DecisionRule, RuleState, make_rule
-from utils.text_encoding import check_unicode, encode_text
+from utils.io_utils import read_json
+from utils.text_encoding import check_unicode, cut_prompt, encode_text
+
+logger = logging.getLogger(__name__)
 
 SCORERS = ("token", "holistic")
 RULES = ("delay-k", "consecutive-n")
@@ -196,7 +200,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_prompt_tokens: int | None = None) -> list[int]:
     """Encode a prompt the way ``utils/data_process.py`` does: ``[BOS, else CLS, if any] + tokens(prompt + "\\n\\n")``.
 
     The prompt is encoded as plain text (``utils/text_encoding.py``): a prompt that contains ``<|im_end|>`` gets the
@@ -205,6 +209,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     Args:
         tokenizer: the monitor's tokenizer.
         prompt: the user's prompt text.
+        max_prompt_tokens: keep only the last N tokens of ``prompt + "\\n\\n"``, as the data processing's
+            ``--max-prompt-tokens`` did for the checkpoint's training data (0: none; None: all).
 
     Returns:
         Token ids (special tokens other than the leading BOS/CLS are never added).
@@ -213,9 +219,27 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
         TypeError: the prompt is not a str. ValueError: it holds a lone surrogate.
     """
     check_unicode(prompt, "the prompt")
-    ids = encode_text(tokenizer, prompt + "\n\n")
+    ids = cut_prompt(encode_text(tokenizer, prompt + "\n\n"), max_prompt_tokens)
     first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    return ([first] if first is not None else []) + list(ids)
+    return ([first] if first is not None else []) + ids
+
+
+def summary_prompt_cut(checkpoint: Path) -> int | None:
+    """The prompt cut of a checkpoint saved before ``SCMConfig.max_prompt_tokens`` existed, read from the
+    ``training_summary.json`` beside it (its data's ``meta.max_prompt_tokens``); None (whole prompts) without one.
+
+    A folder mixing several data folders records one meta per folder: they agree (training refuses otherwise).
+    """
+    summary_file = checkpoint / "training_summary.json"
+    if not summary_file.is_file():
+        return None
+    meta = (read_json(summary_file).get("data") or {}).get("meta") or {}
+    metas = meta if isinstance(meta, list) else [meta]
+    cut = next((m.get("max_prompt_tokens") for m in metas if isinstance(m, dict)), None)
+    if cut is not None:
+        logger.info("%s: prompts are cut to their last %d tokens, as in its training data (training_summary.json)",
+                    checkpoint, cut)
+    return cut
 
 
 def cache_argument_name(backbone_class: type) -> str:
@@ -328,6 +352,9 @@ class StreamingMonitor:
         if layer_types != {"full_attention"}:
             raise ValueError(f"the streaming runtime supports full-attention backbones only; this one has layer types "
                              f"{sorted(layer_types)}")
+        # The prompt cut of the checkpoint's training data (SCMConfig.max_prompt_tokens): prompts given as text are
+        # cut the same way; ready prompt_ids are taken as they are.
+        self.max_prompt_tokens = getattr(config, "max_prompt_tokens", None)
         self.max_length = int(backbone_config.max_position_embeddings)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.n_layers = int(backbone_config.num_hidden_layers)
@@ -385,6 +412,8 @@ class StreamingMonitor:
         if dtype is not None:
             kwargs["dtype"] = resolve_dtype(dtype)
         model = SCMModel.from_pretrained(path, **kwargs)
+        if "max_prompt_tokens" not in read_json(path / "config.json"):  # saved before the field existed
+            model.config.max_prompt_tokens = summary_prompt_cut(path)
         model.to(device or default_device())
         tokenizer = None
         if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
@@ -405,8 +434,9 @@ class StreamingMonitor:
         return None if self._fast_step is None else self._fast_step.stats_dict()
 
     def describe(self) -> dict[str, Any]:
-        """The operating point, for reports: theta, rule, scorer."""
-        return {"theta": self.theta, "rule": self.rule.name, "scorer": self.scorer}
+        """The operating point, for reports: theta, rule, scorer, and the prompt cut (None: whole prompts)."""
+        return {"theta": self.theta, "rule": self.rule.name, "scorer": self.scorer,
+                "max_prompt_tokens": self.max_prompt_tokens}
 
     def memory_stats(self) -> dict[str, int]:
         """What the KV storage holds against what the open streams need (for reports and service metrics).
@@ -434,7 +464,7 @@ class StreamingMonitor:
         """
         if self.tokenizer is None:
             raise ValueError("this monitor has no tokenizer (the checkpoint folder holds none): pass prompt_ids=")
-        return encode_prompt(self.tokenizer, prompt)
+        return encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens)
 
     def start(self, prompt: str | None = None, *, prompt_ids: Sequence[int] | None = None) -> StreamState:
         """Open one stream: encode the prompt (or take ready ids) and run it through the backbone once.

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from utils.fineharm import SPLITS, load_fineharm, response_label
 from utils.io_utils import staged_output_dir, write_json, write_jsonl
 from utils.processed_data import check_weights, mix_sources
-from utils.text_encoding import encode_texts
+from utils.text_encoding import cut_prompt, encode_texts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FORMAT_VERSION = 1
@@ -113,17 +113,6 @@ def boundary_token_ids(tokenizer) -> tuple[Optional[int], Optional[int]]:
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     return start, end
-
-
-def cut_prompt(prompt_ids: Sequence[int], max_prompt_tokens: Optional[int]) -> list[int]:
-    """The last ``max_prompt_tokens`` ids of an encoded ``prompt + "\n\n"`` (all of them for None, none for 0).
-
-    The one rule shared by the data processing and the streaming runtime (``serve/monitor.py``), so that a monitor
-    trained on cut prompts sees cut prompts when it is served.
-    """
-    if max_prompt_tokens is None or len(prompt_ids) <= max_prompt_tokens:
-        return list(prompt_ids)
-    return list(prompt_ids[len(prompt_ids) - max_prompt_tokens :])
 
 
 # ------------------------------------------------------------------------------------------------------ labelling

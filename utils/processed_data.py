@@ -222,6 +222,21 @@ class TrainingData:
         for data_dir, records in self._by_dir.items():
             check_vocabulary(records, vocab_size, data_dir, model_path)
 
+    def max_prompt_tokens(self) -> int | None:
+        """The prompt cut the folders were processed with (``meta.json``'s ``max_prompt_tokens``; None: whole
+        prompts), which the trained checkpoint records so that the streaming runtime cuts prompts the same way.
+
+        Raises:
+            DataFormatError: the folders were cut differently (a served monitor cuts every prompt one way).
+        """
+        cuts = {data_dir: load_meta(data_dir).get("max_prompt_tokens") for data_dir in self.data_dirs}
+        if len(set(cuts.values())) > 1:
+            listed = ", ".join(f"{d}: {c!r}" for d, c in cuts.items())
+            raise DataFormatError(f"the training folders keep different prompt lengths (max_prompt_tokens {listed}); "
+                                  f"a monitor is served with one cut: process them all with the same "
+                                  f"--max-prompt-tokens (bash scripts/run-data.sh DIR TOKENIZER --max-prompt-tokens N)")
+        return next(iter(cuts.values()))
+
     def describe(self) -> dict[str, Any]:
         """What ``training_summary.json`` records about the data (a single folder keeps the one-folder shape)."""
         single = len(self.data_dirs) == 1

@@ -11,7 +11,8 @@ added tokens that are not special). Text without added-token strings encodes exa
 ``tokenizer(text, add_special_tokens=False)``.
 
 Used by ``utils/data_process.py`` (training data), ``serve/monitor.py`` (prompts) and ``serve/text_guard.py``
-(streamed responses).
+(streamed responses). The prompt cut of reduced-budget data (:func:`cut_prompt`) lives here for the same reason:
+the data processing and the streaming runtime must cut prompts alike.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import re
 import threading
 import weakref
-from typing import Sequence
+from typing import Optional, Sequence
 
 from tokenizers import Tokenizer
 
@@ -124,3 +125,14 @@ def check_unicode(text: str, what: str) -> None:
             f"{what} holds a lone surrogate U+{ord(found.group()):04X} at character {found.start()}: that is not valid "
             f"Unicode text. Decode the upstream bytes with errors='replace', or join a UTF-16 surrogate pair that was "
             f"split across chunks before passing it on.")
+
+
+def cut_prompt(prompt_ids: Sequence[int], max_prompt_tokens: Optional[int]) -> list[int]:
+    """The last ``max_prompt_tokens`` ids of an encoded ``prompt + "\\n\\n"`` (all of them for None, none for 0).
+
+    The one rule shared by the data processing and the streaming runtime (``serve/monitor.py``), so that a monitor
+    trained on cut prompts sees cut prompts when it is served.
+    """
+    if max_prompt_tokens is None or len(prompt_ids) <= max_prompt_tokens:
+        return list(prompt_ids)
+    return list(prompt_ids[len(prompt_ids) - max_prompt_tokens :])

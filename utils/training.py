@@ -457,6 +457,8 @@ def run_training(
         model = build_model(None).float()
     vocab = model.get_input_embeddings().num_embeddings
     data.check_vocabulary(vocab, args.base_model_path)
+    if getattr(model.config, "model_type", None) == "scm":  # served by the streaming runtime, which reads it
+        model.config.max_prompt_tokens = data.max_prompt_tokens()
     trainable = freeze_lower_layers(model, args.freeze_layers)
     speedups = TrainingSpeedups(args, train_args, logger)
     # Padded positions are masked out, so any in-vocabulary id works; prefer the tokenizer's own pad/eos.

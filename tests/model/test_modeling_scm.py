@@ -266,3 +266,9 @@ def test_from_backbone_stays_causal(tiny_causal_backbone, tmp_path, attn):
     model.backbone.config._attn_implementation = None
     leaked = model(ids, attention_mask=torch.ones_like(ids)).token_logits
     assert not torch.allclose(leaked[:, :6], prefix, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "64"])
+def test_config_rejects_a_bad_prompt_cut(bad):
+    with pytest.raises(ValueError, match="max_prompt_tokens must be None"):
+        SCMConfig(max_prompt_tokens=bad)

@@ -8,6 +8,7 @@ clear exception that changes nothing. The generate() integration is tested in te
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -499,3 +500,31 @@ def test_an_over_long_prompt_is_named_as_the_prompt(tiny_model):
     with pytest.raises(StreamLengthError, match=r"prompt 1 is 600 tokens long .*maximum of 512 .*shorten the prompt"):
         monitor.start_many(prompt_ids=[[1], [1] * 600])
     assert monitor.memory_stats()["open_streams"] == 0  # nothing was opened
+
+
+def test_prompts_are_cut_as_the_checkpoints_training_data_was(tmp_path, smol_tokenizer):
+    """A monitor trained on the last N prompt tokens (data --max-prompt-tokens N) is served the last N, not the
+    whole prompt; a checkpoint saved before the config field existed reads N from its training_summary.json."""
+    from utils.assets import smollm2_path
+    from utils.data_process import ExampleEncoder
+    from utils.io_utils import write_json
+
+    prompt, cut = "Please tell me, in many words, how the weather is today?", 4
+    (layout,) = ExampleEncoder(smol_tokenizer, max_prompt_tokens=cut).layouts([(prompt, ["Fine."])])
+    trained_on = layout.input_ids[: layout.response_start]
+    assert len(trained_on) == 1 + cut
+    checkpoint = build_tiny_scm(tmp_path / "cut", smollm2_path())
+    config = json.loads((checkpoint / "config.json").read_text())
+    write_json(checkpoint / "config.json", {**config, "max_prompt_tokens": cut})
+    monitor = StreamingMonitor.from_pretrained(checkpoint, device="cpu")
+    assert monitor.encode_prompt(prompt) == trained_on and monitor.describe()["max_prompt_tokens"] == cut
+    assert monitor.start(prompt).prompt_length == 1 + cut
+    whole = len(encode_prompt(smol_tokenizer, prompt))
+    assert whole > 1 + cut
+    # Older checkpoints: no config field, the cut read from training_summary.json's data meta; none -> whole prompts.
+    assert config["max_prompt_tokens"] is None  # new checkpoints always record it
+    write_json(checkpoint / "config.json", {k: v for k, v in config.items() if k != "max_prompt_tokens"})
+    assert len(StreamingMonitor.from_pretrained(checkpoint, device="cpu").encode_prompt(prompt)) == whole
+    write_json(checkpoint / "training_summary.json", {"data": {"meta": {"max_prompt_tokens": 0}}})
+    legacy = StreamingMonitor.from_pretrained(checkpoint, device="cpu")
+    assert legacy.encode_prompt(prompt) == [smol_tokenizer.bos_token_id] and legacy.max_prompt_tokens == 0

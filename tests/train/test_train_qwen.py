@@ -137,3 +137,20 @@ def test_paper_precision_trains_bf16_weights_with_decay_on_every_parameter(tiny_
     initial = SCMModel.from_backbone(str(tiny_causal_backbone), dtype=torch.bfloat16)
     trained, start = dict(model.named_parameters()), dict(initial.named_parameters())
     assert not torch.equal(trained["backbone.layers.0.mlp.up_proj.weight"], start["backbone.layers.0.mlp.up_proj.weight"])
+
+
+def test_the_checkpoint_records_its_datas_prompt_cut(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_processed_data, cut)
+    meta = json.loads((cut / "meta.json").read_text())
+    (cut / "meta.json").write_text(json.dumps({**meta, "max_prompt_tokens": 5}))
+    out = _run(tiny_causal_backbone, cut, tmp_path / "scm", "--max-steps", "1")
+    assert SCMModel.from_pretrained(out).config.max_prompt_tokens == 5
+    whole = _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "whole", "--max-steps", "1")
+    assert SCMModel.from_pretrained(whole).config.max_prompt_tokens is None
+    # Folders cut differently cannot make one served monitor.
+    with pytest.raises(DataFormatError, match="keep different prompt lengths"):
+        main(*parse_args(["--base-model-path", str(tiny_causal_backbone), "--data-dir", str(tiny_processed_data),
+                          str(cut), "--output-dir", str(tmp_path / "mixed"), "--report-to", "none", "--max-steps", "1"]))

@@ -368,12 +368,8 @@ def test_several_input_folders_are_mixed_with_weights(tmp_path):
 
 
 def test_max_prompt_tokens_zero_keeps_only_bos_before_the_response(tmp_path):
-    from utils.data_process import DataProcessArguments, ExampleEncoder, cut_prompt, main
-    from utils.io_utils import read_jsonl
     from utils.sample_data import write_sample
 
-    assert cut_prompt([5, 6, 7], None) == [5, 6, 7] and cut_prompt([5, 6, 7], 2) == [6, 7]
-    assert cut_prompt([5, 6, 7], 0) == [] and cut_prompt([5], 4) == [5]
     tokenizer = smollm2_path()  # SmolLM2 has a BOS token
     sample = write_sample(tmp_path / "fh", seed=3, sizes={"train": 2, "val": 2, "test": 2})
     meta = main(DataProcessArguments(output_dir=str(tmp_path / "p0"), tokenizer_path=str(tokenizer),

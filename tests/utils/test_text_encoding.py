@@ -71,3 +71,10 @@ def test_text_that_is_not_unicode_is_refused_with_its_position():
     with pytest.raises(TypeError, match="must be a str, got int"):
         check_unicode(5, "the prompt")
     check_unicode("fine 😀", "text")
+
+
+def test_cut_prompt_keeps_the_last_tokens():
+    from utils.text_encoding import cut_prompt
+
+    assert cut_prompt([5, 6, 7], None) == [5, 6, 7] and cut_prompt([5, 6, 7], 2) == [6, 7]
+    assert cut_prompt([5, 6, 7], 0) == [] and cut_prompt((5,), 4) == [5]
