@@ -14,7 +14,8 @@
 # recipe of results/recipe-ablation/README.md (the last 64 prompt tokens, three epochs on all 2,560 training
 # examples with the lower 24 of SmolLM2's 30 blocks frozen, the frozen blocks run once through a kept cache);
 # cpu-1ep, the same with one epoch (the results of 2026-11-29 19:36); cpu-v1, the first reduced budget (the results
-# before the recipe ablation); full, the paper's.
+# before the recipe ablation); response-1ep, cpu-1ep on the response alone (no prompt token, a probe of what the
+# prompt contributes); full, the paper's.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 enter_repo REALMIX OUT RUNS  # it chains the other drivers by their repository paths
 REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"

@@ -25,7 +25,8 @@ def _arrays(recipe: Path) -> dict[str, list[str]]:
 
 
 def test_the_recipes_are_the_budgets_of_run_realmix():
-    assert {r.stem for r in RECIPES} == {"realmix-cpu", "realmix-cpu-1ep", "realmix-cpu-v1", "realmix-full"}
+    assert {r.stem for r in RECIPES} == {"realmix-cpu", "realmix-cpu-1ep", "realmix-cpu-v1", "realmix-full",
+                                         "realmix-response-1ep"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.stem)
@@ -44,6 +45,16 @@ def test_the_cpu_recipe_trains_three_epochs_on_the_shared_cache_and_its_one_epoc
     assert "/repo/.cache/prefix-cache/realmix-cpu-smollm2-f24" in cpu and "--cache-frozen-prefix" in cpu
 
 
+def test_the_response_only_recipe_is_the_one_epoch_recipe_without_the_prompt():
+    one = _arrays(ROOT / "scripts" / "recipes" / "realmix-cpu-1ep.sh")
+    response = _arrays(ROOT / "scripts" / "recipes" / "realmix-response-1ep.sh")
+    assert response["DATA_FLAGS"] == ["--max-prompt-tokens", "0"] and one["DATA_FLAGS"] == ["--max-prompt-tokens", "64"]
+    cache = lambda flags: flags[flags.index("--prefix-cache-dir") + 1]  # noqa: E731
+    assert cache(response["CAUSAL_FLAGS"]) != cache(one["CAUSAL_FLAGS"])  # other sequences, another cache
+    assert ([f for f in response["CAUSAL_FLAGS"] if f != cache(response["CAUSAL_FLAGS"])]
+            == [f for f in one["CAUSAL_FLAGS"] if f != cache(one["CAUSAL_FLAGS"])])
+
+
 def test_run_realmix_names_the_budgets_it_knows(tmp_path):
     realmix = write_fineharm_folder(tmp_path / "realmix", {"train": 2, "val": 2, "test": 2})
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "REALMIX": str(realmix),
@@ -51,5 +62,5 @@ def test_run_realmix_names_the_budgets_it_knows(tmp_path):
     done = subprocess.run(["bash", "scripts/run-realmix.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
-    assert "BUDGET must be one of: cpu cpu-1ep cpu-v1 full" in done.stderr and "realmix-gpu.sh" in done.stderr
+    assert "BUDGET must be one of: cpu cpu-1ep cpu-v1 full response-1ep" in done.stderr and "realmix-gpu.sh" in done.stderr
     assert not (tmp_path / "out").exists()
