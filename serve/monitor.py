@@ -36,8 +36,8 @@ Design notes:
 from __future__ import annotations
 
 import inspect
-import logging
 import itertools
+import logging
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
