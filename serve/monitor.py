@@ -434,9 +434,8 @@ class StreamingMonitor:
         return None if self._fast_step is None else self._fast_step.stats_dict()
 
     def describe(self) -> dict[str, Any]:
-        """The operating point, for reports: theta, rule, scorer, and the prompt cut (None: whole prompts)."""
-        return {"theta": self.theta, "rule": self.rule.name, "scorer": self.scorer,
-                "max_prompt_tokens": self.max_prompt_tokens}
+        """The operating point, for reports: theta, rule, scorer."""
+        return {"theta": self.theta, "rule": self.rule.name, "scorer": self.scorer}
 
     def memory_stats(self) -> dict[str, int]:
         """What the KV storage holds against what the open streams need (for reports and service metrics).

@@ -517,7 +517,7 @@ def test_prompts_are_cut_as_the_checkpoints_training_data_was(tmp_path, smol_tok
     config = json.loads((checkpoint / "config.json").read_text())
     write_json(checkpoint / "config.json", {**config, "max_prompt_tokens": cut})
     monitor = StreamingMonitor.from_pretrained(checkpoint, device="cpu")
-    assert monitor.encode_prompt(prompt) == trained_on and monitor.describe()["max_prompt_tokens"] == cut
+    assert monitor.encode_prompt(prompt) == trained_on and monitor.max_prompt_tokens == cut
     assert monitor.start(prompt).prompt_length == 1 + cut
     whole = len(encode_prompt(smol_tokenizer, prompt))
     assert whole > 1 + cut
