@@ -112,6 +112,7 @@ def main(args: EnsembleArguments) -> dict[str, Any]:
     for split in args.splits:  # every split checked before anything is written
         files = [predictions_path(run, split) for run in args.runs]
         averaged[split] = mean_records([read_predictions(path) for path in files], [str(path) for path in files])
+    members = [portable_path(run) for run in args.runs]
     scorers: list[str] = []
     for split, records in averaged.items():
         first_meta = read_predictions_meta(args.runs[0], split)
@@ -119,8 +120,7 @@ def main(args: EnsembleArguments) -> dict[str, Any]:
         meta = {key: first_meta[key] for key in ("model_task", "data_dir", "max_length", "truncated",
                                                  "holistic_pooling") if key in first_meta}
         write_predictions(out, split, records, {**meta, "script": SCRIPT, "scorers": scorers,
-                                                "checkpoint": str(out),
-                                                "members": [portable_path(run) for run in args.runs]})
+                                                "checkpoint": str(out), "members": members})
     first_model = first_summary.get("model") or {}
     arguments = {key: value for key, value in (first_summary.get("arguments") or {}).items()
                  if key in ("thresholds", "max_k", "selection_tolerance", "scorer")}
@@ -131,8 +131,7 @@ def main(args: EnsembleArguments) -> dict[str, Any]:
                                "--splits", *args.splits]),
         "arguments": {**arguments, "runs": list(args.runs), "splits": ",".join(args.splits)},
         "model": {"path": str(out), "name": out.name, "task": first_model.get("task"),
-                  "backbone_type": first_model.get("backbone_type"),
-                  "members": [portable_path(run) for run in args.runs]},
+                  "backbone_type": first_model.get("backbone_type"), "members": members},
         "data": {key: value for key, value in (first_summary.get("data") or {}).items() if key != "splits"},
         "runtime": {"device": None, "dtype": None, "note": f"mean of {len(args.runs)} members' scores; no model run"},
         "scorers": scorers,
