@@ -222,19 +222,32 @@ class TrainingData:
         for data_dir, records in self._by_dir.items():
             check_vocabulary(records, vocab_size, data_dir, model_path)
 
-    def max_prompt_tokens(self) -> int | None:
+    def max_prompt_tokens(self, served_from: str | None = None) -> int | None:
         """The prompt cut the folders were processed with (``meta.json``'s ``max_prompt_tokens``; None: whole
         prompts), which the trained checkpoint records so that the streaming runtime cuts prompts the same way.
 
+        Args:
+            served_from: with folders cut differently (the same examples with and without their prompt, a prompt
+                dropout), the one of ``data_dirs`` whose cut the served monitor applies; None: they must agree.
+
         Raises:
-            DataFormatError: the folders were cut differently (a served monitor cuts every prompt one way).
+            DataFormatError: the folders were cut differently and ``served_from`` names none of them (a served
+                monitor cuts every prompt one way), or ``served_from`` is not one of the folders.
         """
         cuts = {data_dir: load_meta(data_dir).get("max_prompt_tokens") for data_dir in self.data_dirs}
+        if served_from is not None:
+            named = {Path(d).resolve(): c for d, c in cuts.items()}
+            if Path(served_from).resolve() not in named:
+                raise DataFormatError(f"--served-prompt-cut-from {served_from} is not one of the --data-dir folders "
+                                      f"({', '.join(cuts)}); name the folder whose prompt cut the monitor is served with")
+            return named[Path(served_from).resolve()]
         if len(set(cuts.values())) > 1:
             listed = ", ".join(f"{d}: {c!r}" for d, c in cuts.items())
             raise DataFormatError(f"the training folders keep different prompt lengths (max_prompt_tokens {listed}); "
                                   f"a monitor is served with one cut: process them all with the same "
-                                  f"--max-prompt-tokens (bash scripts/run-data.sh DIR TOKENIZER --max-prompt-tokens N)")
+                                  f"--max-prompt-tokens (bash scripts/run-data.sh DIR TOKENIZER --max-prompt-tokens N), "
+                                  f"or, to train on both views on purpose, name the served one with "
+                                  f"--served-prompt-cut-from DIR")
         return next(iter(cuts.values()))
 
     def describe(self) -> dict[str, Any]:

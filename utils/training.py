@@ -302,6 +302,10 @@ class CommonModelArguments:
     data_weights: list[float] | None = field(default=None, metadata={"help": "One weight per --data-dir folder "
                                              "for the training split (2 = every example twice, 0.5 = a random "
                                              "half); default 1 each. Validation is concatenated unweighted."})
+    served_prompt_cut_from: str | None = field(default=None, metadata={
+        "help": "With --data-dir folders processed with different --max-prompt-tokens (the same examples with and "
+                "without their prompt: training on both views), the folder whose prompt cut the checkpoint records "
+                "and the streaming runtime applies. Default: the folders' common cut (they must agree)."})
     max_length: int = field(default=4096, metadata={"help": "Truncate longer examples (counted and reported)."})
     limit_train: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
     limit_eval: int | None = field(default=None, metadata={"help": "Use only the first N validation examples."})
@@ -458,7 +462,7 @@ def run_training(
     vocab = model.get_input_embeddings().num_embeddings
     data.check_vocabulary(vocab, args.base_model_path)
     if getattr(model.config, "model_type", None) == "scm":  # served by the streaming runtime, which reads it
-        model.config.max_prompt_tokens = data.max_prompt_tokens()
+        model.config.max_prompt_tokens = data.max_prompt_tokens(args.served_prompt_cut_from)
     trainable = freeze_lower_layers(model, args.freeze_layers)
     speedups = TrainingSpeedups(args, train_args, logger)
     # Padded positions are masked out, so any in-vocabulary id works; prefer the tokenizer's own pad/eos.

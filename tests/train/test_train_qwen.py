@@ -154,3 +154,8 @@ def test_the_checkpoint_records_its_datas_prompt_cut(tiny_causal_backbone, tiny_
     with pytest.raises(DataFormatError, match="keep different prompt lengths"):
         main(*parse_args(["--base-model-path", str(tiny_causal_backbone), "--data-dir", str(tiny_processed_data),
                           str(cut), "--output-dir", str(tmp_path / "mixed"), "--report-to", "none", "--max-steps", "1"]))
+    # Unless the served view is named (training on both views: the same examples with and without prompt cut).
+    both = main(*parse_args(["--base-model-path", str(tiny_causal_backbone), "--data-dir", str(tiny_processed_data),
+                             str(cut), "--output-dir", str(tmp_path / "both"), "--report-to", "none", "--max-steps",
+                             "1", "--served-prompt-cut-from", str(cut)]))
+    assert SCMModel.from_pretrained(both).config.max_prompt_tokens == 5

@@ -78,3 +78,18 @@ def test_vocabulary_error_names_the_folder_at_fault(tiny_processed_data, tmp_pat
     data = load_training_data([str(tiny_processed_data), str(other)])
     with pytest.raises(DataFormatError, match=f"{other}: token id 5000"):
         data.check_vocabulary(512, "model")
+
+
+def test_folders_cut_differently_serve_the_named_folders_cut(tiny_processed_data, tmp_path):
+    response_only = tmp_path / "p0"
+    shutil.copytree(tiny_processed_data, response_only)
+    meta = json.loads((response_only / "meta.json").read_text())
+    (response_only / "meta.json").write_text(json.dumps({**meta, "max_prompt_tokens": 0}))
+    data = load_training_data([str(tiny_processed_data), str(response_only)])
+    with pytest.raises(DataFormatError, match="different prompt lengths.*--served-prompt-cut-from"):
+        data.max_prompt_tokens()
+    assert data.max_prompt_tokens(str(response_only)) == 0
+    # Named by another spelling of the same path, and the whole-prompt folder (None) can be the served one too.
+    assert data.max_prompt_tokens(str(tiny_processed_data) + "/") is None
+    with pytest.raises(DataFormatError, match="is not one of the --data-dir folders"):
+        data.max_prompt_tokens(str(tmp_path / "elsewhere"))
