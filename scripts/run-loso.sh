@@ -14,6 +14,9 @@
 # (run-scm.sh and run-qwen-full.sh training flags), ENCODER_FLAGS (run-modernbert-full.sh training flags), e.g.
 #     DATA_FLAGS=(--max-prompt-tokens 64); ENCODER_DATA_FLAGS=(--max-prompt-tokens 64)
 #     CAUSAL_FLAGS=(--num-train-epochs 1 --freeze-layers 24 --max-length 512); ENCODER_FLAGS=(--max-length 512)
+# A recipe may also set EXTRA_VIEW_FLAGS (run-data.sh flags of a second view of the same examples, e.g.
+# (--max-prompt-tokens 64) beside DATA_FLAGS=(--max-prompt-tokens 0)): the causal models then train on both views
+# and are served, and evaluated, on DATA_FLAGS' view (--served-prompt-cut-from).
 # The neural MODELS need one; the lexical floor needs none (it reads only the responses, which no flag changes).
 # MODELS: lexical (full + partial), scm (token and holistic partial, full), qwen-full (full + partial), encoder
 # (full; partial too with ENCODER_PARTIAL=1: every prefix re-classified, slow on a CPU).
@@ -31,7 +34,7 @@ RUNS="${RUNS:-runs/loso}"
 MODELS="${MODELS:-lexical}"
 SOURCES="${SOURCES:-}"
 ENCODER_PARTIAL="${ENCODER_PARTIAL:-0}"
-DATA_FLAGS=() ENCODER_DATA_FLAGS=() CAUSAL_FLAGS=() ENCODER_FLAGS=()
+DATA_FLAGS=() ENCODER_DATA_FLAGS=() CAUSAL_FLAGS=() ENCODER_FLAGS=() EXTRA_VIEW_FLAGS=()
 [ -f "$REALMIX/test_new.json" ] || { echo "run-loso.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
 for model in $MODELS; do
   case "$model" in
@@ -81,6 +84,13 @@ for source in $(python -m utils.loso list --folders "$RUNS/folders"); do
     [ -f "$causal/meta.json" ] || timed "$source/data-smollm2" bash scripts/run-data.sh "$causal" "$SMOL" \
       --input-dir "$RUNS/folders/$source" "${DATA_FLAGS[@]}"
   fi
+  causal_training=("$causal")  # run-scm.sh / run-qwen-full.sh --data-dir: the served view, then any extra view
+  if [ "${#EXTRA_VIEW_FLAGS[@]}" -gt 0 ] && { needs scm || needs qwen-full; }; then
+    view="$RUNS/data/$source-smollm2-$(flags_tag "${EXTRA_VIEW_FLAGS[@]}")"
+    [ -f "$view/meta.json" ] || timed "$source/data-smollm2-extra-view" bash scripts/run-data.sh "$view" "$SMOL" \
+      --input-dir "$RUNS/folders/$source" "${EXTRA_VIEW_FLAGS[@]}"
+    causal_training+=("$view" --served-prompt-cut-from "$causal")
+  fi
   if needs encoder; then
     [ -f "$encoder/meta.json" ] || timed "$source/data-minilm" bash scripts/run-data.sh "$encoder" "$MINILM" \
       --input-dir "$RUNS/folders/$source" "${ENCODER_DATA_FLAGS[@]}"
@@ -91,11 +101,11 @@ for source in $(python -m utils.loso list --folders "$RUNS/folders"); do
     evaluate "$source" lexical-partial lexical bash scripts/run-lexical.sh test --mode partial --model-path "$RUNS/models/$source/lexical" --data-dir "$causal"
   fi
   if needs scm; then
-    train "$source" scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "$causal" "${CAUSAL_FLAGS[@]}"
+    train "$source" scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "${causal_training[@]}" "${CAUSAL_FLAGS[@]}"
     evaluate "$source" scm scm bash scripts/run-scm.sh test --model-path "$RUNS/models/$source/scm" --data-dir "$causal"
   fi
   if needs qwen-full; then
-    train "$source" qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "$causal" "${CAUSAL_FLAGS[@]}"
+    train "$source" qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "${causal_training[@]}" "${CAUSAL_FLAGS[@]}"
     evaluate "$source" qwen-full qwen-full bash scripts/run-qwen-full.sh test --model-path "$RUNS/models/$source/qwen-full" --data-dir "$causal"
     evaluate "$source" qwen-partial qwen-full bash scripts/run-qwen-partial.sh test --model-path "$RUNS/models/$source/qwen-full" --data-dir "$causal"
   fi

@@ -15,7 +15,8 @@
 # examples with the lower 24 of SmolLM2's 30 blocks frozen, the frozen blocks run once through a kept cache);
 # cpu-1ep, the same with one epoch (the results of 2026-11-29 19:36); cpu-v1, the first reduced budget (the results
 # before the recipe ablation); response-1ep, cpu-1ep on the response alone (no prompt token, a probe of what the
-# prompt contributes); full, the paper's.
+# prompt contributes); views-1ep, one epoch on both views (the response alone, served, and with the last 64 prompt
+# tokens); full, the paper's.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 enter_repo REALMIX OUT RUNS  # it chains the other drivers by their repository paths
 REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
@@ -29,6 +30,7 @@ MINILM="$(asset_path minilm)"
 RECIPE="scripts/recipes/realmix-$BUDGET.sh"  # sets DATA_FLAGS, ENCODER_DATA_FLAGS, CAUSAL_FLAGS, ENCODER_FLAGS
 [ -f "$RECIPE" ] || { echo "run-realmix.sh: BUDGET must be one of: $(cd scripts/recipes && ls realmix-*.sh | sed 's/realmix-//; s/\.sh//' | LC_ALL=C sort | tr '\n' ' ')(no $RECIPE)" >&2; exit 2; }
 # shellcheck disable=SC1090
+EXTRA_VIEW_FLAGS=()  # a recipe may add a second view of the same examples to the causal models' training
 source "$RECIPE"
 
 DATA_BUDGET="${BUDGET%-*}"  # cpu-v1 and cpu-1ep process the data as cpu does
@@ -38,6 +40,13 @@ mkdir -p "$OUT"
 # timed NAME COMMAND...: NAME's row of $OUT/timings.tsv; a skipped step keeps the time of the run that produced it
 timed() { timed_step "$OUT/timings.tsv" "$@"; }
 [ -f "$CAUSAL_DATA/meta.json" ] || timed data-smollm2 bash scripts/run-data.sh "$CAUSAL_DATA" "$SMOL" --input-dir "$REALMIX" "${DATA_FLAGS[@]}"
+CAUSAL_TRAINING=("$CAUSAL_DATA")  # --data-dir of the causal models: the served view, then any extra view
+if [ "${#EXTRA_VIEW_FLAGS[@]}" -gt 0 ]; then
+  VIEW_DATA="$CAUSAL_DATA-extra-view"
+  [ -f "$VIEW_DATA/meta.json" ] || timed data-smollm2-extra-view bash scripts/run-data.sh "$VIEW_DATA" "$SMOL" \
+    --input-dir "$REALMIX" "${EXTRA_VIEW_FLAGS[@]}"
+  CAUSAL_TRAINING+=("$VIEW_DATA" --served-prompt-cut-from "$CAUSAL_DATA")
+fi
 [ -f "$ENCODER_DATA/meta.json" ] || timed data-minilm bash scripts/run-data.sh "$ENCODER_DATA" "$MINILM" --input-dir "$REALMIX" "${ENCODER_DATA_FLAGS[@]}"
 
 train() {  # train NAME SCRIPT FLAGS...: skip when already trained (the neural runs add --report-to tensorboard)
@@ -48,8 +57,8 @@ train() {  # train NAME SCRIPT FLAGS...: skip when already trained (the neural r
   fi
   timed "train-$name" "$@" --output-dir "$RUNS/$name"
 }
-train scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "$CAUSAL_DATA" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
-train qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "$CAUSAL_DATA" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
+train scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "${CAUSAL_TRAINING[@]}" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
+train qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "${CAUSAL_TRAINING[@]}" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
 train encoder bash scripts/run-modernbert-full.sh --base-model-path "$MINILM" --data-dir "$ENCODER_DATA" "${ENCODER_FLAGS[@]}" --report-to tensorboard
 # The lexical floor (TF-IDF + logistic regression, seconds) on the decoded responses of the SmolLM2 models' split,
 # under either budget; evaluated in full and partial mode beside the others.

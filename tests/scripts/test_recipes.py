@@ -17,8 +17,9 @@ RECIPES = sorted((ROOT / "scripts" / "recipes").glob("realmix-*.sh"))
 
 def _arrays(recipe: Path) -> dict[str, list[str]]:
     """The four arrays a recipe sets, read back from a bash that sourced it."""
-    script = (f'SCM_ROOT=/repo; source "{recipe}"; for name in DATA_FLAGS ENCODER_DATA_FLAGS CAUSAL_FLAGS '
-              'ENCODER_FLAGS; do declare -n a=$name; printf "%s=%s\\n" "$name" "${a[*]}"; unset -n a; done')
+    script = (f'SCM_ROOT=/repo; EXTRA_VIEW_FLAGS=(); source "{recipe}"; for name in DATA_FLAGS ENCODER_DATA_FLAGS '
+              'CAUSAL_FLAGS ENCODER_FLAGS EXTRA_VIEW_FLAGS; do declare -n a=$name; printf "%s=%s\\n" "$name" '
+              '"${a[*]}"; unset -n a; done')
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
                           env={k: v for k, v in os.environ.items() if k != "REALMIX_CPU_EPOCHS"})
     return {name: value.split() for name, value in (line.split("=", 1) for line in done.stdout.splitlines())}
@@ -26,13 +27,13 @@ def _arrays(recipe: Path) -> dict[str, list[str]]:
 
 def test_the_recipes_are_the_budgets_of_run_realmix():
     assert {r.stem for r in RECIPES} == {"realmix-cpu", "realmix-cpu-1ep", "realmix-cpu-v1", "realmix-full",
-                                         "realmix-response-1ep"}
+                                         "realmix-response-1ep", "realmix-views-1ep"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.stem)
 def test_each_recipe_sets_every_array(recipe):
     arrays = _arrays(recipe)
-    assert set(arrays) == {"DATA_FLAGS", "ENCODER_DATA_FLAGS", "CAUSAL_FLAGS", "ENCODER_FLAGS"}
+    assert set(arrays) == {"DATA_FLAGS", "ENCODER_DATA_FLAGS", "CAUSAL_FLAGS", "ENCODER_FLAGS", "EXTRA_VIEW_FLAGS"}
     assert arrays["CAUSAL_FLAGS"] and arrays["ENCODER_FLAGS"]
 
 
@@ -55,6 +56,17 @@ def test_the_response_only_recipe_is_the_one_epoch_recipe_without_the_prompt():
             == [f for f in one["CAUSAL_FLAGS"] if f != cache(one["CAUSAL_FLAGS"])])
 
 
+def test_the_views_recipe_serves_the_response_alone_and_trains_on_the_prompt_reading_view_too():
+    one = _arrays(ROOT / "scripts" / "recipes" / "realmix-cpu-1ep.sh")
+    views = _arrays(ROOT / "scripts" / "recipes" / "realmix-views-1ep.sh")
+    assert views["DATA_FLAGS"] == ["--max-prompt-tokens", "0"]
+    assert views["EXTRA_VIEW_FLAGS"] == one["DATA_FLAGS"] == ["--max-prompt-tokens", "64"]
+    assert one["EXTRA_VIEW_FLAGS"] == []  # the other recipes train on one view
+    assert "/repo/.cache/prefix-cache/realmix-cpu-smollm2-views-f24" in views["CAUSAL_FLAGS"]
+    shared = lambda flags: [f for f in flags if "prefix-cache" not in f and f not in ("40", "80")]  # noqa: E731
+    assert shared(views["CAUSAL_FLAGS"]) == shared(one["CAUSAL_FLAGS"])  # one epoch, the same optimiser
+
+
 def test_run_realmix_names_the_budgets_it_knows(tmp_path):
     realmix = write_fineharm_folder(tmp_path / "realmix", {"train": 2, "val": 2, "test": 2})
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "REALMIX": str(realmix),
@@ -62,5 +74,5 @@ def test_run_realmix_names_the_budgets_it_knows(tmp_path):
     done = subprocess.run(["bash", "scripts/run-realmix.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
-    assert "BUDGET must be one of: cpu cpu-1ep cpu-v1 full response-1ep" in done.stderr and "realmix-gpu.sh" in done.stderr
+    assert "BUDGET must be one of: cpu cpu-1ep cpu-v1 full response-1ep views-1ep" in done.stderr and "realmix-gpu.sh" in done.stderr
     assert not (tmp_path / "out").exists()

@@ -100,6 +100,24 @@ def test_lexical_and_scm_end_to_end_for_one_source(backbones, tmp_path):
     assert "already evaluated" not in fresh.stderr and evaluated.stat().st_mtime_ns > before
 
 
+def test_a_recipe_with_an_extra_view_trains_scm_on_both_and_serves_the_first(backbones, tmp_path):
+    realmix = write_fineharm_folder(tmp_path / "realmix", {"train": 40, "val": 16, "test": 16})
+    (tmp_path / "recipe.sh").write_text(RECIPE.replace("DATA_FLAGS=(--max-prompt-tokens 8)",
+                                                       "DATA_FLAGS=(--max-prompt-tokens 0)", 1)
+                                        + "EXTRA_VIEW_FLAGS=(--max-prompt-tokens 8)\n")
+    runs = tmp_path / "runs"
+    done = _bash("scripts/run-loso.sh", {
+        **backbones, "REALMIX": str(realmix), "OUT": str(tmp_path / "out"), "RUNS": str(runs),
+        "RECIPE": str(tmp_path / "recipe.sh"), "SOURCES": "jbb-GCG", "MODELS": "scm"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((runs / "models" / "jbb-GCG" / "scm" / "training_summary.json").read_text())
+    assert [m["max_prompt_tokens"] for m in summary["data"]["meta"]] == [0, 8]
+    served = json.loads((runs / "models" / "jbb-GCG" / "scm" / "config.json").read_text())
+    assert served["max_prompt_tokens"] == 0
+    evaluated = json.loads((tmp_path / "out" / "jbb-GCG" / "scm" / "summary.json").read_text())
+    assert evaluated["data"]["meta"]["max_prompt_tokens"] == 0  # evaluated on the served view
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_baselines_end_to_end_for_one_source(backbones, tmp_path):
