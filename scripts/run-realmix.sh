@@ -29,8 +29,8 @@ MINILM="$(asset_path minilm)"
 
 RECIPE="scripts/recipes/realmix-$BUDGET.sh"  # sets DATA_FLAGS, ENCODER_DATA_FLAGS, CAUSAL_FLAGS, ENCODER_FLAGS
 [ -f "$RECIPE" ] || { echo "run-realmix.sh: BUDGET must be one of: $(cd scripts/recipes && ls realmix-*.sh | sed 's/realmix-//; s/\.sh//' | LC_ALL=C sort | tr '\n' ' ')(no $RECIPE)" >&2; exit 2; }
-# shellcheck disable=SC1090
 EXTRA_VIEW_FLAGS=()  # a recipe may add a second view of the same examples to the causal models' training
+# shellcheck disable=SC1090
 source "$RECIPE"
 
 DATA_BUDGET="${BUDGET%-*}"  # cpu-v1 and cpu-1ep process the data as cpu does
