@@ -227,8 +227,8 @@ class TrainingData:
         prompts), which the trained checkpoint records so that the streaming runtime cuts prompts the same way.
 
         Args:
-            served_from: with folders cut differently (the same examples with and without their prompt, a prompt
-                dropout), the one of ``data_dirs`` whose cut the served monitor applies; None: they must agree.
+            served_from: with folders cut differently (the same examples with and without their prompt: two views),
+                the one of ``data_dirs`` whose cut the served monitor applies; None: they must agree.
 
         Raises:
             DataFormatError: the folders were cut differently and ``served_from`` names none of them (a served
@@ -237,10 +237,11 @@ class TrainingData:
         cuts = {data_dir: load_meta(data_dir).get("max_prompt_tokens") for data_dir in self.data_dirs}
         if served_from is not None:
             named = {Path(d).resolve(): c for d, c in cuts.items()}
-            if Path(served_from).resolve() not in named:
+            served = Path(served_from).resolve()
+            if served not in named:
                 raise DataFormatError(f"--served-prompt-cut-from {served_from} is not one of the --data-dir folders "
                                       f"({', '.join(cuts)}); name the folder whose prompt cut the monitor is served with")
-            return named[Path(served_from).resolve()]
+            return named[served]
         if len(set(cuts.values())) > 1:
             listed = ", ".join(f"{d}: {c!r}" for d, c in cuts.items())
             raise DataFormatError(f"the training folders keep different prompt lengths (max_prompt_tokens {listed}); "
