@@ -68,6 +68,23 @@ is_current() {
   [ -z "${FRESH:-}" ] && [ "$1" -nt "$2" ]
 }
 
+# evaluated_with SUMMARY MODEL DATA: true when the evaluation SUMMARY (its summary.json) records MODEL and DATA as
+# the model and processed folder it read (compared as absolute paths from the current folder), so a driver never
+# keeps another model's evaluation because it happens to be newer.
+evaluated_with() {
+  python - "$@" <<'PY'
+import json, os, sys
+summary, model, data = sys.argv[1:4]
+recorded = json.load(open(summary, encoding="utf-8"))
+same = lambda a, b: os.path.realpath(a) == os.path.realpath(b)  # noqa: E731
+sys.exit(0 if same(recorded["model"]["path"], model) and same(recorded["data"]["data_dir"], data) else 1)
+PY
+}
+
+# flags_tag ARGS...: a short fingerprint of ARGS (a data folder and tokenizer with their run-data.sh flags): the
+# drivers name processed folders after it, so a recipe with other flags never reuses another's folder.
+flags_tag() { printf '%s\n' "$@" | sha1sum | cut -c1-8; }
+
 asset_path() {  # asset_path smollm2|minilm|qwen_tokenizer
   python -c "import utils.assets as a; print({'smollm2': a.smollm2_path, 'minilm': a.minilm_path, 'qwen_tokenizer': a.qwen_tokenizer_path}['$1']())"
 }

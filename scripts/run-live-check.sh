@@ -3,12 +3,12 @@
 #
 #   bash scripts/run-live-check.sh generate          # answer every distinct prompt (greedy, 160 new tokens; hours
 #                                                     # on a busy 2-core CPU) into $OUT/answers.jsonl, resumable
-#   bash scripts/run-live-check.sh                    # the lexical floor of run-realmix.sh (runs/realmix/lexical)
+#   bash scripts/run-live-check.sh                    # the lexical floor of run-realmix.sh (runs/realmix/cpu/lexical)
 #   bash scripts/run-live-check.sh NAME CHECKPOINT REALMIX_EVAL [NAME CHECKPOINT REALMIX_EVAL ...]
-#   e.g. bash scripts/run-live-check.sh scm runs/realmix/scm results/realmix/scm \
-#          qwen-partial runs/realmix/qwen-full results/realmix/qwen-partial \
-#          encoder-partial runs/realmix/encoder results/realmix/encoder-partial \
-#          lexical runs/realmix/lexical results/realmix/lexical-partial
+#   e.g. bash scripts/run-live-check.sh scm runs/realmix/cpu/scm results/realmix/scm \
+#          qwen-partial runs/realmix/cpu/qwen-full results/realmix/qwen-partial \
+#          encoder-partial runs/realmix/cpu/encoder results/realmix/encoder-partial \
+#          lexical runs/realmix/cpu/lexical results/realmix/lexical-partial
 #
 # Each monitor is scored on the labelled answers ($OUT/labels.jsonl, rule in $OUT/LABELLING.md) with its own
 # partial-detection entry point (SCM: token scorer; the others: holistic) at both leak-free operating points of its
@@ -26,7 +26,7 @@ if [ "${1:-}" = "generate" ]; then
     --num-threads 1 "$@"
 fi
 if [ "$#" -eq 0 ]; then
-  set -- lexical "$(repo_path runs/realmix/lexical)" "$(repo_path results/realmix/lexical-partial)"
+  set -- lexical "$(repo_path runs/realmix/cpu/lexical)" "$(repo_path results/realmix/lexical-partial)"
 fi
 if [ $(( $# % 3 )) -ne 0 ]; then
   echo "usage: bash scripts/run-live-check.sh [generate | NAME CHECKPOINT REALMIX_EVAL [NAME CHECKPOINT REALMIX_EVAL ...]]" >&2

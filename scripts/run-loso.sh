@@ -5,11 +5,11 @@
 # are handled).
 #
 #   bash scripts/run-loso.sh                                                       # the lexical floor, every source
-#   RECIPE=scripts/recipes/realmix-cpu-1ep.sh MODELS="lexical scm qwen-full encoder" bash scripts/run-loso.sh
+#   RECIPE=scripts/recipes/realmix-cpu.sh MODELS="lexical scm qwen-full encoder" bash scripts/run-loso.sh
 #   SOURCES=jbb-GCG,xstest-gpt4 MODELS=scm RECIPE=... RUNS=runs/loso-try OUT=runs/loso-try bash scripts/run-loso.sh
 #
 # RECIPE names a bash file setting the arrays that run-realmix.sh's BUDGET recipes (scripts/recipes/realmix-*.sh)
-# set, so the neural models train as they do there; with realmix-cpu*.sh every fold reuses the frozen-prefix cache
+# set, so the neural models train as they do there; with the CPU recipes every fold reuses the frozen-prefix cache
 # of the whole realmix run (a fold's training and validation sequences are a subset of it): DATA_FLAGS / ENCODER_DATA_FLAGS (scripts/run-data.sh flags for SmolLM2 / MiniLM), CAUSAL_FLAGS
 # (run-scm.sh and run-qwen-full.sh training flags), ENCODER_FLAGS (run-modernbert-full.sh training flags), e.g.
 #     DATA_FLAGS=(--max-prompt-tokens 64); ENCODER_DATA_FLAGS=(--max-prompt-tokens 64)
@@ -50,8 +50,7 @@ if [ -n "${RECIPE:-}" ]; then
   source "$RECIPE"
 fi
 needs() { [[ " $MODELS " == *" $1 "* ]]; }
-# Processed folders are named after their run-data.sh flags, so a recipe with other flags never reuses them.
-flags_tag() { printf '%s\n' "$@" | sha1sum | cut -c1-8; }
+# Processed folders are named after their run-data.sh flags (flags_tag), so a recipe with other flags never reuses them.
 
 mkdir -p "$OUT"
 timed() { timed_step "$OUT/timings.tsv" "$@"; }  # timed NAME COMMAND...

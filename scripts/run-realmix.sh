@@ -3,59 +3,87 @@
 # process realmix for each tokenizer, train SCM and the full-detection baseline on SmolLM2-135M and the encoder
 # baseline on MiniLM, evaluate each in full and partial mode, and write one Table-2-style report.
 #
-#   bash scripts/run-realmix.sh                 # CPU recipe (see BUDGET below), ~2 h on 2 idle cores once the
+#   bash scripts/run-realmix.sh                 # CPU recipe (see BUDGET below), ~1 h on 2 idle cores once the
 #                                               # frozen-prefix cache exists (built once, see results/recipe-ablation)
 #   FRESH=1 bash scripts/run-realmix.sh         # re-evaluate every model, even those whose evaluation is newer
 #                                               # than their checkpoint (skipped otherwise, their timing row kept)
 #   BUDGET=full bash scripts/run-realmix.sh     # the paper's budget (3 epochs, whole prompts, all layers): a GPU run
 #   REALMIX=/path/to/realmix OUT=results/realmix bash scripts/run-realmix.sh
+#   RECIPE=my-flags.sh bash scripts/run-realmix.sh  # a recipe file of one's own (the arrays below)
 #
-# BUDGET names the training flags, in scripts/recipes/realmix-$BUDGET.sh (each says what it is): cpu, the CPU
-# recipe of results/recipe-ablation/README.md (the last 64 prompt tokens, three epochs on all 2,560 training
-# examples with the lower 24 of SmolLM2's 30 blocks frozen, the frozen blocks run once through a kept cache);
-# cpu-1ep, the same with one epoch (the results of 2026-11-29 19:36); cpu-v1, the first reduced budget (the results
-# before the recipe ablation); response-1ep, cpu-1ep on the response alone (no prompt token, a probe of what the
-# prompt contributes); views-1ep, one epoch on both views (the response alone, served, and with the last 64 prompt
-# tokens); full, the paper's.
+# BUDGET names the training flags, in scripts/recipes/realmix-$BUDGET.sh (each says what it is; RECIPE=FILE names
+# another): cpu, the CPU recipe of results/recipe-ablation/README.md, which is views-1ep (one epoch of SmolLM2 with
+# the lower 24 of its 30 blocks frozen, read through a kept cache, on both views of every training example: the
+# response alone, which is served, and the response after the last 64 prompt tokens); prompt-3ep, three epochs on
+# the prompt-reading view alone (the default recipe until 2026-11-30); prompt-1ep, the same with one epoch;
+# response-1ep, one epoch on the response alone; cpu-v1, the first reduced budget (the results before the recipe
+# ablation); full, the paper's. A recipe sets DATA_FLAGS / ENCODER_DATA_FLAGS (run-data.sh flags for SmolLM2 /
+# MiniLM), CAUSAL_FLAGS (run-scm.sh and run-qwen-full.sh training flags), ENCODER_FLAGS (run-modernbert-full.sh
+# training flags) and may set EXTRA_VIEW_FLAGS (run-data.sh flags of a second view the causal models also train on).
+#
+# Finished steps are skipped, never reused wrongly: processed folders go to $PROCESSED (default .cache/data) under
+# names fingerprinting realmix, the tokenizer and the flags; models go to $RUNS (default runs/realmix/$BUDGET), each
+# beside a NAME.command file with the command that trained it (a model trained by another command is refused, with
+# the fix); an evaluation in $OUT is kept only when it is newer than its model and records that model and folder.
+# SMOL / MINILM override the backbones (tests use tiny ones).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-enter_repo REALMIX OUT RUNS  # it chains the other drivers by their repository paths
+enter_repo REALMIX OUT RUNS RECIPE PROCESSED SMOL MINILM  # it chains the other drivers by their repository paths
 REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
 OUT="${OUT:-results/realmix}"
-RUNS="${RUNS:-runs/realmix}"
-BUDGET="${BUDGET:-cpu}"
-SMOL="$(asset_path smollm2)"
-MINILM="$(asset_path minilm)"
+if [ -n "${RECIPE:-}" ]; then
+  BUDGET="${BUDGET:-$(basename "$RECIPE" .sh)}"
+  [ -f "$RECIPE" ] || { echo "run-realmix.sh: RECIPE file $RECIPE not found" >&2; exit 2; }
+else
+  BUDGET="${BUDGET:-cpu}"
+  RECIPE="scripts/recipes/realmix-$BUDGET.sh"
+  [ -f "$RECIPE" ] || { echo "run-realmix.sh: BUDGET must be one of: $(cd scripts/recipes && ls realmix-*.sh | sed 's/realmix-//; s/\.sh//' | LC_ALL=C sort | tr '\n' ' ')(no $RECIPE)" >&2; exit 2; }
+fi
+RUNS="${RUNS:-runs/realmix/$BUDGET}"
+PROCESSED="${PROCESSED:-$SCM_ROOT/.cache/data}"
 [ -f "$REALMIX/test_new.json" ] || { echo "run-realmix.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
+SMOL="${SMOL:-$(asset_path smollm2)}"
+MINILM="${MINILM:-$(asset_path minilm)}"
 
-RECIPE="scripts/recipes/realmix-$BUDGET.sh"  # sets DATA_FLAGS, ENCODER_DATA_FLAGS, CAUSAL_FLAGS, ENCODER_FLAGS
-[ -f "$RECIPE" ] || { echo "run-realmix.sh: BUDGET must be one of: $(cd scripts/recipes && ls realmix-*.sh | sed 's/realmix-//; s/\.sh//' | LC_ALL=C sort | tr '\n' ' ')(no $RECIPE)" >&2; exit 2; }
-EXTRA_VIEW_FLAGS=()  # a recipe may add a second view of the same examples to the causal models' training
+DATA_FLAGS=() ENCODER_DATA_FLAGS=() CAUSAL_FLAGS=() ENCODER_FLAGS=() EXTRA_VIEW_FLAGS=()
 # shellcheck disable=SC1090
 source "$RECIPE"
 
-DATA_BUDGET="${BUDGET%-*}"  # cpu-v1 and cpu-1ep process the data as cpu does
-CAUSAL_DATA="$SCM_ROOT/.cache/data/realmix-$DATA_BUDGET-smollm2"
-ENCODER_DATA="$SCM_ROOT/.cache/data/realmix-$DATA_BUDGET-minilm"
+# processed_folder TOKENIZER NAME FLAGS...: the folder run-data.sh writes realmix into for TOKENIZER and FLAGS
+processed_folder() {
+  local tokenizer="$1" name="$2"; shift 2
+  echo "$PROCESSED/realmix-$name-$(flags_tag "$(realpath "$REALMIX")" "$(realpath "$tokenizer")" "$@")"
+}
+CAUSAL_DATA="$(processed_folder "$SMOL" smollm2 "${DATA_FLAGS[@]}")"
+ENCODER_DATA="$(processed_folder "$MINILM" minilm "${ENCODER_DATA_FLAGS[@]}")"
 mkdir -p "$OUT"
 # timed NAME COMMAND...: NAME's row of $OUT/timings.tsv; a skipped step keeps the time of the run that produced it
 timed() { timed_step "$OUT/timings.tsv" "$@"; }
 [ -f "$CAUSAL_DATA/meta.json" ] || timed data-smollm2 bash scripts/run-data.sh "$CAUSAL_DATA" "$SMOL" --input-dir "$REALMIX" "${DATA_FLAGS[@]}"
 CAUSAL_TRAINING=("$CAUSAL_DATA")  # --data-dir of the causal models: the served view, then any extra view
 if [ "${#EXTRA_VIEW_FLAGS[@]}" -gt 0 ]; then
-  VIEW_DATA="$CAUSAL_DATA-extra-view"
+  VIEW_DATA="$(processed_folder "$SMOL" smollm2 "${EXTRA_VIEW_FLAGS[@]}")"
   [ -f "$VIEW_DATA/meta.json" ] || timed data-smollm2-extra-view bash scripts/run-data.sh "$VIEW_DATA" "$SMOL" \
     --input-dir "$REALMIX" "${EXTRA_VIEW_FLAGS[@]}"
   CAUSAL_TRAINING+=("$VIEW_DATA" --served-prompt-cut-from "$CAUSAL_DATA")
 fi
 [ -f "$ENCODER_DATA/meta.json" ] || timed data-minilm bash scripts/run-data.sh "$ENCODER_DATA" "$MINILM" --input-dir "$REALMIX" "${ENCODER_DATA_FLAGS[@]}"
 
-train() {  # train NAME SCRIPT FLAGS...: skip when already trained (the neural runs add --report-to tensorboard)
+train() {  # train NAME COMMAND...: skip when $RUNS/NAME was trained by the same command (the neural runs add
+  # --report-to tensorboard); refuse one trained by another, which would otherwise stand in this budget's rows
   local name="$1"; shift
+  local record="$RUNS/$name.command" command
+  command="$(printf '%q ' "$@")"
   if [ -f "$RUNS/$name/training_summary.json" ]; then
-    echo "[realmix] $name already trained"
-    return
+    if [ -f "$record" ] && [ "$(cat "$record")" = "$command" ]; then
+      echo "[realmix] $name already trained"
+      return
+    fi
+    echo "run-realmix.sh: $RUNS/$name was trained by another command than BUDGET=$BUDGET's ($record has the one" \
+      "that trained it, if any); move it away or set RUNS=... to train this recipe's" >&2
+    exit 2
   fi
   timed "train-$name" "$@" --output-dir "$RUNS/$name"
+  printf '%s\n' "$command" > "$record.tmp" && mv "$record.tmp" "$record"
 }
 train scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "${CAUSAL_TRAINING[@]}" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
 train qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "${CAUSAL_TRAINING[@]}" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
@@ -64,9 +92,13 @@ train encoder bash scripts/run-modernbert-full.sh --base-model-path "$MINILM" --
 # under either budget; evaluated in full and partial mode beside the others.
 train lexical bash scripts/run-lexical.sh --data-dir "$CAUSAL_DATA"
 
-evaluate() {  # evaluate NAME RUN COMMAND...: skip when $OUT/NAME is newer than the run's checkpoint (unless FRESH=1)
+evaluate() {  # evaluate NAME RUN COMMAND...: skip when $OUT/NAME is newer than the run's checkpoint and records
+  # that run and data folder (unless FRESH=1); the data folder is the value after --data-dir in COMMAND
   local name="$1" run="$2"; shift 2
-  if is_current "$OUT/$name/summary.json" "$RUNS/$run/training_summary.json"; then
+  local data
+  data="$(printf '%s\n' "$@" | grep -A1 -x -- --data-dir | tail -1)"
+  if is_current "$OUT/$name/summary.json" "$RUNS/$run/training_summary.json" \
+      && evaluated_with "$OUT/$name/summary.json" "$RUNS/$run" "$data"; then
     echo "[realmix] $name already evaluated on the current $run checkpoint (FRESH=1 re-evaluates)"
     return
   fi

@@ -15,8 +15,8 @@ Commands (``bash scripts/run-lexical.sh test ...`` runs them)::
     python -m test.test_lexical --mode full --model-path runs/lexical --data-dir scm --output-dir metrics/lexical-full
     python -m test.test_lexical --mode partial --model-path runs/lexical --data-dir scm \
         --output-dir metrics/lexical-partial
-    python -m test.test_lexical --mode partial --model-path runs/realmix/lexical \
-        --data-dir .cache/data/realmix-cpu-smollm2 --output-dir runs/eval/lexical-quick --limit 50 --max-k 20
+    python -m test.test_lexical --mode partial --model-path runs/realmix/cpu/lexical \
+        --data-dir .cache/data/realmix-smollm2-TAG --output-dir runs/eval/lexical-quick --limit 50 --max-k 20
 
 It runs on the CPU (scikit-learn); ``--device`` and ``--dtype`` do not apply.
 """

@@ -13,7 +13,7 @@ validation split's full-response metrics at theta 0.5, time). ``python -m test.t
 Commands (``bash scripts/run-lexical.sh ...`` runs the first)::
 
     python -m train.train_lexical --data-dir scm --output-dir runs/lexical
-    python -m train.train_lexical --data-dir .cache/data/realmix-cpu-smollm2 --output-dir runs/realmix/lexical
+    python -m train.train_lexical --data-dir .cache/data/realmix-smollm2-TAG --output-dir runs/realmix/cpu/lexical
     python -m train.train_lexical --data-dir DIR --output-dir runs/lexical-13 --ngram-max 3 --C 1 --min-df 3
 """
 

@@ -24,7 +24,7 @@ Commands (``bash scripts/run-live-check.sh`` chains them)::
     python -m utils.live_check build --answers results/live-check/answers.jsonl \
         --labels results/live-check/labels.jsonl --input-dir ../shared/data/realmix \
         --output-dir runs/live-check/fineharm
-    python -m utils.live_check run --name lexical --model-path runs/realmix/lexical \
+    python -m utils.live_check run --name lexical --model-path runs/realmix/cpu/lexical \
         --realmix-eval results/realmix/lexical-partial --fineharm-dir .cache/live-check/fineharm \
         --work-dir runs/live-check --output-dir results/live-check
     python -m utils.live_check table --output-dir results/live-check

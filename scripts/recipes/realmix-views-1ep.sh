@@ -1,7 +1,7 @@
-# Both views of every realmix example in one training run: the response alone after BOS (--max-prompt-tokens 0,
+# Both views of every realmix example in one training run (BUDGET=cpu, the default, sources this file): the response alone after BOS (--max-prompt-tokens 0,
 # the served view: the checkpoint records it and the streaming runtime serves the response without the prompt) and
 # the same response after the last 64 prompt tokens (EXTRA_VIEW_FLAGS), one epoch of each (5,120 sequences, 320
-# steps), otherwise the one-epoch cpu flags: the monitor learns from the prompt in training and does not depend on it
+# steps), otherwise the flags of prompt-1ep: the monitor learns from the prompt in training and does not depend on it
 # when served (measured in results/recipe-ablation/README.md and results/loso/README.md).
 # Its frozen-prefix cache holds both views' sequences: `python -m utils.prefix_cache_merge --caches
 # .cache/prefix-cache/realmix-cpu-smollm2-f24 .cache/prefix-cache/realmix-cpu-smollm2-p0-f24 --output-dir

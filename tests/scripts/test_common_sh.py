@@ -85,3 +85,12 @@ def test_is_current_compares_times_unless_fresh(tmp_path):
     assert _bash(f'is_current "{tmp_path}/missing.json" "{tmp_path}/model.json"', tmp_path).returncode != 0
     os.utime(tmp_path / "eval.json", (500, 500))  # evaluated before the model was trained again
     assert _bash(check, tmp_path).returncode != 0
+
+
+def test_an_evaluation_counts_only_for_the_model_and_folder_it_records(tmp_path):
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"model": {"path": "runs/a"}, "data": {"data_dir": "data/x"}}))
+    same = _bash(f'evaluated_with "{summary}" runs/a/ ./data/x && echo same', tmp_path)
+    other_model = _bash(f'evaluated_with "{summary}" runs/b data/x || echo other', tmp_path)
+    other_data = _bash(f'evaluated_with "{summary}" runs/a data/y || echo other', tmp_path)
+    assert (same.stdout.strip(), other_model.stdout.strip(), other_data.stdout.strip()) == ("same", "other", "other")

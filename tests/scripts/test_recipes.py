@@ -21,13 +21,18 @@ def _arrays(recipe: Path) -> dict[str, list[str]]:
               'CAUSAL_FLAGS ENCODER_FLAGS EXTRA_VIEW_FLAGS; do declare -n a=$name; printf "%s=%s\\n" "$name" '
               '"${a[*]}"; unset -n a; done')
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
-                          env={k: v for k, v in os.environ.items() if k != "REALMIX_CPU_EPOCHS"})
+                          env={k: v for k, v in os.environ.items() if k != "REALMIX_PROMPT_EPOCHS"})
     return {name: value.split() for name, value in (line.split("=", 1) for line in done.stdout.splitlines())}
 
 
 def test_the_recipes_are_the_budgets_of_run_realmix():
-    assert {r.stem for r in RECIPES} == {"realmix-cpu", "realmix-cpu-1ep", "realmix-cpu-v1", "realmix-full",
-                                         "realmix-response-1ep", "realmix-views-1ep"}
+    assert {r.stem for r in RECIPES} == {"realmix-cpu", "realmix-cpu-v1", "realmix-full", "realmix-prompt-1ep",
+                                         "realmix-prompt-3ep", "realmix-response-1ep", "realmix-views-1ep"}
+
+
+def test_the_cpu_budget_is_the_both_views_recipe():
+    assert _arrays(ROOT / "scripts" / "recipes" / "realmix-cpu.sh") == _arrays(
+        ROOT / "scripts" / "recipes" / "realmix-views-1ep.sh")
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.stem)
@@ -37,9 +42,9 @@ def test_each_recipe_sets_every_array(recipe):
     assert arrays["CAUSAL_FLAGS"] and arrays["ENCODER_FLAGS"]
 
 
-def test_the_cpu_recipe_trains_three_epochs_on_the_shared_cache_and_its_one_epoch_variant_one():
-    cpu = _arrays(ROOT / "scripts" / "recipes" / "realmix-cpu.sh")["CAUSAL_FLAGS"]
-    one = _arrays(ROOT / "scripts" / "recipes" / "realmix-cpu-1ep.sh")["CAUSAL_FLAGS"]
+def test_the_prompt_reading_recipe_trains_three_epochs_on_the_shared_cache_and_its_one_epoch_variant_one():
+    cpu = _arrays(ROOT / "scripts" / "recipes" / "realmix-prompt-3ep.sh")["CAUSAL_FLAGS"]
+    one = _arrays(ROOT / "scripts" / "recipes" / "realmix-prompt-1ep.sh")["CAUSAL_FLAGS"]
     epochs = lambda flags: flags[flags.index("--num-train-epochs") + 1]  # noqa: E731
     assert epochs(cpu) == "3" and epochs(one) == "1"
     assert [f for f in cpu if f != "3"] == [f for f in one if f != "1"]  # nothing else differs
@@ -47,7 +52,7 @@ def test_the_cpu_recipe_trains_three_epochs_on_the_shared_cache_and_its_one_epoc
 
 
 def test_the_response_only_recipe_is_the_one_epoch_recipe_without_the_prompt():
-    one = _arrays(ROOT / "scripts" / "recipes" / "realmix-cpu-1ep.sh")
+    one = _arrays(ROOT / "scripts" / "recipes" / "realmix-prompt-1ep.sh")
     response = _arrays(ROOT / "scripts" / "recipes" / "realmix-response-1ep.sh")
     assert response["DATA_FLAGS"] == ["--max-prompt-tokens", "0"] and one["DATA_FLAGS"] == ["--max-prompt-tokens", "64"]
     cache = lambda flags: flags[flags.index("--prefix-cache-dir") + 1]  # noqa: E731
@@ -57,7 +62,7 @@ def test_the_response_only_recipe_is_the_one_epoch_recipe_without_the_prompt():
 
 
 def test_the_views_recipe_serves_the_response_alone_and_trains_on_the_prompt_reading_view_too():
-    one = _arrays(ROOT / "scripts" / "recipes" / "realmix-cpu-1ep.sh")
+    one = _arrays(ROOT / "scripts" / "recipes" / "realmix-prompt-1ep.sh")
     views = _arrays(ROOT / "scripts" / "recipes" / "realmix-views-1ep.sh")
     assert views["DATA_FLAGS"] == ["--max-prompt-tokens", "0"]
     assert views["EXTRA_VIEW_FLAGS"] == one["DATA_FLAGS"] == ["--max-prompt-tokens", "64"]
@@ -74,5 +79,5 @@ def test_run_realmix_names_the_budgets_it_knows(tmp_path):
     done = subprocess.run(["bash", "scripts/run-realmix.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
-    assert "BUDGET must be one of: cpu cpu-1ep cpu-v1 full response-1ep views-1ep" in done.stderr and "realmix-gpu.sh" in done.stderr
+    assert "BUDGET must be one of: cpu cpu-v1 full prompt-1ep prompt-3ep response-1ep views-1ep" in done.stderr and "realmix-gpu.sh" in done.stderr
     assert not (tmp_path / "out").exists()

@@ -4,43 +4,12 @@ folders built, processed, every model trained with the recipe file's flags and e
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, Qwen2Config, Qwen2Model
 
+from tests.drivers import run_driver as _bash
 from tests.tiny_text_data import write_fineharm_folder
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bash(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
-    return subprocess.run(["bash", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def backbones(tmp_path_factory) -> dict[str, str]:
-    """Tiny random backbones whose vocabularies fit the real SmolLM2 / MiniLM tokenizers saved beside them."""
-    from utils.assets import minilm_path, smollm2_path
-
-    root = tmp_path_factory.mktemp("loso-backbones")
-    torch.manual_seed(0)
-    smol = AutoTokenizer.from_pretrained(smollm2_path())
-    Qwen2Model(Qwen2Config(vocab_size=len(smol), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
-               ).save_pretrained(root / "causal")
-    smol.save_pretrained(root / "causal")
-    minilm = AutoTokenizer.from_pretrained(minilm_path())
-    BertModel(BertConfig(vocab_size=len(minilm), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=512)).save_pretrained(root / "encoder")
-    minilm.save_pretrained(root / "encoder")
-    return {"SMOL": str(root / "causal"), "MINILM": str(root / "encoder")}
-
 
 RECIPE = ("DATA_FLAGS=(--max-prompt-tokens 8); ENCODER_DATA_FLAGS=(--max-prompt-tokens 8)\n"
           "CAUSAL_FLAGS=(--max-steps 1 --report-to none)\nENCODER_FLAGS=(--max-steps 1 --report-to none)\n")
@@ -54,14 +23,14 @@ RUN_MODES = {
 }
 
 
-def _run_loso(models: list[str], backbones: dict[str, str], tmp_path: Path) -> tuple[Path, Path]:
+def _run_loso(models: list[str], driver_backbones: dict[str, str], tmp_path: Path) -> tuple[Path, Path]:
     realmix = write_fineharm_folder(tmp_path / "realmix", {"train": 40, "val": 16, "test": 16})
     (tmp_path / "recipe.sh").write_text(RECIPE)
     out, runs = tmp_path / "out", tmp_path / "runs"
     out.mkdir()  # an earlier run's timings: another source's row stays, a step run again gets its new time
     (out / "timings.tsv").write_text("jbb-DSN/train-lexical\t91\njbb-GCG/train-lexical\t999\n")
     done = _bash("scripts/run-loso.sh", {
-        **backbones, "REALMIX": str(realmix), "OUT": str(out), "RUNS": str(runs), "RECIPE": str(tmp_path / "recipe.sh"),
+        **driver_backbones, "REALMIX": str(realmix), "OUT": str(out), "RUNS": str(runs), "RECIPE": str(tmp_path / "recipe.sh"),
         "SOURCES": "jbb-GCG", "MODELS": " ".join(models), "ENCODER_PARTIAL": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((out / "loso.json").read_text())["rows"]
@@ -72,8 +41,8 @@ def _run_loso(models: list[str], backbones: dict[str, str], tmp_path: Path) -> t
     return out, runs
 
 
-def test_lexical_and_scm_end_to_end_for_one_source(backbones, tmp_path):
-    out, runs = _run_loso(["lexical", "scm"], backbones, tmp_path)
+def test_lexical_and_scm_end_to_end_for_one_source(driver_backbones, tmp_path):
+    out, runs = _run_loso(["lexical", "scm"], driver_backbones, tmp_path)
     # the recipe reached the model: one training step, prompts cut to 8 tokens
     summary = json.loads((runs / "models" / "jbb-GCG" / "scm" / "training_summary.json").read_text())
     assert summary["result"]["global_step"] == 1
@@ -86,7 +55,7 @@ def test_lexical_and_scm_end_to_end_for_one_source(backbones, tmp_path):
         "jbb-GCG/eval-lexical-partial", "jbb-GCG/train-scm", "jbb-GCG/eval-scm"]
     assert dict(rows)["jbb-DSN/train-lexical"] == "91" and int(dict(rows)["jbb-GCG/train-lexical"]) < 999
     # run again: nothing is redone (data, models, evaluations newer than their model); FRESH=1 re-evaluates
-    env = {**backbones, "REALMIX": str(tmp_path / "realmix"), "OUT": str(out), "RUNS": str(runs),
+    env = {**driver_backbones, "REALMIX": str(tmp_path / "realmix"), "OUT": str(out), "RUNS": str(runs),
            "RECIPE": str(tmp_path / "recipe.sh"), "SOURCES": "jbb-GCG", "MODELS": "lexical scm"}
     timings = (out / "timings.tsv").read_text()
     again = _bash("scripts/run-loso.sh", env)
@@ -100,14 +69,14 @@ def test_lexical_and_scm_end_to_end_for_one_source(backbones, tmp_path):
     assert "already evaluated" not in fresh.stderr and evaluated.stat().st_mtime_ns > before
 
 
-def test_a_recipe_with_an_extra_view_trains_scm_on_both_and_serves_the_first(backbones, tmp_path):
+def test_a_recipe_with_an_extra_view_trains_scm_on_both_and_serves_the_first(driver_backbones, tmp_path):
     realmix = write_fineharm_folder(tmp_path / "realmix", {"train": 40, "val": 16, "test": 16})
     (tmp_path / "recipe.sh").write_text(RECIPE.replace("DATA_FLAGS=(--max-prompt-tokens 8)",
                                                        "DATA_FLAGS=(--max-prompt-tokens 0)", 1)
                                         + "EXTRA_VIEW_FLAGS=(--max-prompt-tokens 8)\n")
     runs = tmp_path / "runs"
     done = _bash("scripts/run-loso.sh", {
-        **backbones, "REALMIX": str(realmix), "OUT": str(tmp_path / "out"), "RUNS": str(runs),
+        **driver_backbones, "REALMIX": str(realmix), "OUT": str(tmp_path / "out"), "RUNS": str(runs),
         "RECIPE": str(tmp_path / "recipe.sh"), "SOURCES": "jbb-GCG", "MODELS": "scm"})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((runs / "models" / "jbb-GCG" / "scm" / "training_summary.json").read_text())
@@ -120,8 +89,8 @@ def test_a_recipe_with_an_extra_view_trains_scm_on_both_and_serves_the_first(bac
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_baselines_end_to_end_for_one_source(backbones, tmp_path):
-    out, _ = _run_loso(["qwen-full", "encoder"], backbones, tmp_path)
+def test_baselines_end_to_end_for_one_source(driver_backbones, tmp_path):
+    out, _ = _run_loso(["qwen-full", "encoder"], driver_backbones, tmp_path)
     steps = [line.split("\t")[0] for line in (out / "timings.tsv").read_text().splitlines()]
     assert "jbb-GCG/train-encoder" in steps and "jbb-GCG/eval-encoder-partial" in steps
 
