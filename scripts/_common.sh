@@ -27,6 +27,12 @@ user_path() {
   python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$1"
 }
 
+# inside_repo PATH: PATH relative to the current folder when it lies inside it, else PATH as it is; after enter_repo
+# it keeps the outputs a driver writes under the repository from recording this machine's absolute paths.
+inside_repo() {
+  python -c 'import os, sys; r = os.path.relpath(sys.argv[1]); print(sys.argv[1] if r.startswith("..") else r)' "$1"
+}
+
 # enter_repo VAR...: for a driver that chains other drivers by their repository paths (bash scripts/run-data.sh ...):
 # the named variables, when the caller set them, are made absolute from the caller's folder first; then the driver
 # works from the repository root, where its own defaults (results/..., runs/...) are.

@@ -38,8 +38,9 @@ else
   RECIPE="scripts/recipes/realmix-$BUDGET.sh"
   [ -f "$RECIPE" ] || { echo "run-realmix.sh: BUDGET must be one of: $(cd scripts/recipes && ls realmix-*.sh | sed 's/realmix-//; s/\.sh//' | LC_ALL=C sort | tr '\n' ' ')(no $RECIPE)" >&2; exit 2; }
 fi
-RUNS="${RUNS:-runs/realmix/$BUDGET}"
-PROCESSED="${PROCESSED:-$SCM_ROOT/.cache/data}"
+RUNS="$(inside_repo "${RUNS:-runs/realmix/$BUDGET}")"
+PROCESSED="$(inside_repo "${PROCESSED:-.cache/data}")"
+OUT="$(inside_repo "$OUT")"
 [ -f "$REALMIX/test_new.json" ] || { echo "run-realmix.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
 SMOL="${SMOL:-$(asset_path smollm2)}"
 MINILM="${MINILM:-$(asset_path minilm)}"

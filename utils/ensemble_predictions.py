@@ -14,8 +14,8 @@ every member has one); the folder's metrics, plots, ``summary.json`` and ``repor
 
 Command::
 
-    python -m utils.ensemble_predictions --runs results/realmix/scm results/realmix/scm-seed43 \\
-        results/realmix/scm-seed44 --output-dir results/realmix/scm-seed-mean
+    python -m utils.ensemble_predictions --runs results/realmix-prompt-3ep/scm results/realmix-prompt-3ep/scm-seed43 \\
+        results/realmix-prompt-3ep/scm-seed44 --output-dir results/realmix-prompt-3ep/scm-seed-mean
 """
 
 from __future__ import annotations

@@ -94,3 +94,8 @@ def test_an_evaluation_counts_only_for_the_model_and_folder_it_records(tmp_path)
     other_model = _bash(f'evaluated_with "{summary}" runs/b data/x || echo other', tmp_path)
     other_data = _bash(f'evaluated_with "{summary}" runs/a data/y || echo other', tmp_path)
     assert (same.stdout.strip(), other_model.stdout.strip(), other_data.stdout.strip()) == ("same", "other", "other")
+
+
+def test_inside_repo_names_a_path_inside_the_current_folder_relatively(tmp_path):
+    inside = _bash(f'inside_repo "{tmp_path}/results/x"; inside_repo /elsewhere/y', tmp_path)
+    assert inside.stdout.split() == ["results/x", "/elsewhere/y"]
