@@ -3,7 +3,7 @@
 # process realmix for each tokenizer, train SCM and the full-detection baseline on SmolLM2-135M and the encoder
 # baseline on MiniLM, evaluate each in full and partial mode, and write one Table-2-style report.
 #
-#   bash scripts/run-realmix.sh                 # CPU recipe (see BUDGET below), ~1 h on 2 idle cores once the
+#   bash scripts/run-realmix.sh                 # CPU recipe (see BUDGET below), ~2 h on 2 idle cores once the
 #                                               # frozen-prefix cache exists (built once, see results/recipe-ablation)
 #   FRESH=1 bash scripts/run-realmix.sh         # re-evaluate every model, even those whose evaluation is newer
 #                                               # than their checkpoint (skipped otherwise, their timing row kept)
