@@ -93,25 +93,23 @@ train encoder bash scripts/run-modernbert-full.sh --base-model-path "$MINILM" --
 # under either budget; evaluated in full and partial mode beside the others.
 train lexical bash scripts/run-lexical.sh --data-dir "$CAUSAL_DATA"
 
-evaluate() {  # evaluate NAME RUN COMMAND...: skip when $OUT/NAME is newer than the run's checkpoint and records
-  # that run and data folder (unless FRESH=1); the data folder is the value after --data-dir in COMMAND
-  local name="$1" run="$2"; shift 2
-  local data
-  data="$(printf '%s\n' "$@" | grep -A1 -x -- --data-dir | tail -1)"
+evaluate() {  # evaluate NAME RUN DATA COMMAND...: COMMAND --model-path $RUNS/RUN --data-dir DATA into $OUT/NAME;
+  # skipped when $OUT/NAME is newer than the run's checkpoint and records that run and data folder (unless FRESH=1)
+  local name="$1" run="$2" data="$3"; shift 3
   if is_current "$OUT/$name/summary.json" "$RUNS/$run/training_summary.json" \
       && evaluated_with "$OUT/$name/summary.json" "$RUNS/$run" "$data"; then
     echo "[realmix] $name already evaluated on the current $run checkpoint (FRESH=1 re-evaluates)"
     return
   fi
-  timed "eval-$name" "$@" --output-dir "$OUT/$name"
+  timed "eval-$name" "$@" --model-path "$RUNS/$run" --data-dir "$data" --output-dir "$OUT/$name"
 }
-evaluate scm scm bash scripts/run-scm.sh test --model-path "$RUNS/scm" --data-dir "$CAUSAL_DATA"
-evaluate qwen-full qwen-full bash scripts/run-qwen-full.sh test --model-path "$RUNS/qwen-full" --data-dir "$CAUSAL_DATA"
-evaluate qwen-partial qwen-full bash scripts/run-qwen-partial.sh test --model-path "$RUNS/qwen-full" --data-dir "$CAUSAL_DATA"
-evaluate encoder-full encoder bash scripts/run-modernbert-full.sh test --model-path "$RUNS/encoder" --data-dir "$ENCODER_DATA"
-evaluate encoder-partial encoder bash scripts/run-modernbert-partial.sh test --model-path "$RUNS/encoder" --data-dir "$ENCODER_DATA"
-evaluate lexical-full lexical bash scripts/run-lexical.sh test --mode full --model-path "$RUNS/lexical" --data-dir "$CAUSAL_DATA"
-evaluate lexical-partial lexical bash scripts/run-lexical.sh test --mode partial --model-path "$RUNS/lexical" --data-dir "$CAUSAL_DATA"
+evaluate scm scm "$CAUSAL_DATA" bash scripts/run-scm.sh test
+evaluate qwen-full qwen-full "$CAUSAL_DATA" bash scripts/run-qwen-full.sh test
+evaluate qwen-partial qwen-full "$CAUSAL_DATA" bash scripts/run-qwen-partial.sh test
+evaluate encoder-full encoder "$ENCODER_DATA" bash scripts/run-modernbert-full.sh test
+evaluate encoder-partial encoder "$ENCODER_DATA" bash scripts/run-modernbert-partial.sh test
+evaluate lexical-full lexical "$CAUSAL_DATA" bash scripts/run-lexical.sh test --mode full
+evaluate lexical-partial lexical "$CAUSAL_DATA" bash scripts/run-lexical.sh test --mode partial
 for name in scm qwen-full encoder; do
   cp "$RUNS/$name/training_summary.json" "$OUT/training-summary-$name.json"
 done
