@@ -28,31 +28,32 @@
 # SMOL / MINILM override the backbones (tests use tiny ones).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 enter_repo REALMIX OUT RUNS RECIPE PROCESSED SMOL MINILM  # it chains the other drivers by their repository paths
-REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
-OUT="${OUT:-results/realmix}"
+REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix2}"
+DATASET="$(basename "$REALMIX")"  # realmix2 or realmix: names the recipes, runs and results
+OUT="${OUT:-results/$DATASET}"
 if [ -n "${RECIPE:-}" ]; then
   BUDGET="${BUDGET:-$(basename "$RECIPE" .sh)}"
   [ -f "$RECIPE" ] || { echo "run-realmix.sh: RECIPE file $RECIPE not found" >&2; exit 2; }
 else
   BUDGET="${BUDGET:-cpu}"
-  RECIPE="scripts/recipes/realmix-$BUDGET.sh"
-  [ -f "$RECIPE" ] || { echo "run-realmix.sh: BUDGET must be one of: $(cd scripts/recipes && ls realmix-*.sh | sed 's/realmix-//; s/\.sh//' | LC_ALL=C sort | tr '\n' ' ')(no $RECIPE)" >&2; exit 2; }
+  RECIPE="scripts/recipes/$DATASET-$BUDGET.sh"
+  [ -f "$RECIPE" ] || { echo "run-realmix.sh: BUDGET must be one of: $(cd scripts/recipes && ls "$DATASET"-*.sh 2>/dev/null | sed "s/^$DATASET-//; s/\.sh//" | LC_ALL=C sort | tr '\n' ' ')(no $RECIPE; RECIPE=FILE names another)" >&2; exit 2; }
 fi
-RUNS="$(inside_repo "${RUNS:-runs/realmix/$BUDGET}")"
+RUNS="$(inside_repo "${RUNS:-runs/$DATASET/$BUDGET}")"
 PROCESSED="$(inside_repo "${PROCESSED:-.cache/data}")"
 OUT="$(inside_repo "$OUT")"
-[ -f "$REALMIX/test_new.json" ] || { echo "run-realmix.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
+[ -f "$REALMIX/test_new.json" ] || { echo "run-realmix.sh: no FineHarm-format data at $REALMIX (no test_new.json; set REALMIX=...)" >&2; exit 2; }
 SMOL="${SMOL:-$(asset_path smollm2)}"
 MINILM="${MINILM:-$(asset_path minilm)}"
 
-DATA_FLAGS=() ENCODER_DATA_FLAGS=() CAUSAL_FLAGS=() ENCODER_FLAGS=() EXTRA_VIEW_FLAGS=()
+DATA_FLAGS=() ENCODER_DATA_FLAGS=() CAUSAL_FLAGS=() ENCODER_FLAGS=() EXTRA_VIEW_FLAGS=() ENCODER_PARTIAL_FLAGS=()
 # shellcheck disable=SC1090
 source "$RECIPE"
 
 # processed_folder TOKENIZER NAME FLAGS...: the folder run-data.sh writes realmix into for TOKENIZER and FLAGS
 processed_folder() {
   local tokenizer="$1" name="$2"; shift 2
-  echo "$PROCESSED/realmix-$name-$(flags_tag "$(realpath "$REALMIX")" "$(realpath "$tokenizer")" "$@")"
+  echo "$PROCESSED/$DATASET-$name-$(flags_tag "$(realpath "$REALMIX")" "$(realpath "$tokenizer")" "$@")"
 }
 CAUSAL_DATA="$(processed_folder "$SMOL" smollm2 "${DATA_FLAGS[@]}")"
 ENCODER_DATA="$(processed_folder "$MINILM" minilm "${ENCODER_DATA_FLAGS[@]}")"
@@ -76,7 +77,7 @@ train() {  # train NAME COMMAND...: skip when $RUNS/NAME was trained by the same
   command="$(printf '%q ' "$@")"
   if [ -f "$RUNS/$name/training_summary.json" ]; then
     if [ -f "$record" ] && [ "$(cat "$record")" = "$command" ]; then
-      echo "[realmix] $name already trained"
+      echo "[$DATASET] $name already trained"
       return
     fi
     echo "run-realmix.sh: $RUNS/$name was trained by another command than BUDGET=$BUDGET's ($record has the one" \
@@ -86,30 +87,29 @@ train() {  # train NAME COMMAND...: skip when $RUNS/NAME was trained by the same
   timed "train-$name" "$@" --output-dir "$RUNS/$name"
   printf '%s\n' "$command" > "$record.tmp" && mv "$record.tmp" "$record"
 }
-train scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "${CAUSAL_TRAINING[@]}" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
-train qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "${CAUSAL_TRAINING[@]}" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
-train encoder bash scripts/run-modernbert-full.sh --base-model-path "$MINILM" --data-dir "$ENCODER_DATA" "${ENCODER_FLAGS[@]}" --report-to tensorboard
-# The lexical floor (TF-IDF + logistic regression, seconds) on the decoded responses of the SmolLM2 models' split,
-# under either budget; evaluated in full and partial mode beside the others.
-train lexical bash scripts/run-lexical.sh --data-dir "$CAUSAL_DATA"
-
+# Each model is evaluated as soon as it is trained, SCM first, so that an interrupted run already holds the headline.
 evaluate() {  # evaluate NAME RUN DATA COMMAND...: COMMAND --model-path $RUNS/RUN --data-dir DATA into $OUT/NAME;
   # skipped when $OUT/NAME is newer than the run's checkpoint and records that run and data folder (unless FRESH=1)
   local name="$1" run="$2" data="$3"; shift 3
   if is_current "$OUT/$name/summary.json" "$RUNS/$run/training_summary.json" \
       && evaluated_with "$OUT/$name/summary.json" "$RUNS/$run" "$data"; then
-    echo "[realmix] $name already evaluated on the current $run checkpoint (FRESH=1 re-evaluates)"
+    echo "[$DATASET] $name already evaluated on the current $run checkpoint (FRESH=1 re-evaluates)"
     return
   fi
   timed "eval-$name" "$@" --model-path "$RUNS/$run" --data-dir "$data" --output-dir "$OUT/$name"
 }
+train scm bash scripts/run-scm.sh --base-model-path "$SMOL" --data-dir "${CAUSAL_TRAINING[@]}" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
 evaluate scm scm "$CAUSAL_DATA" bash scripts/run-scm.sh test
-evaluate qwen-full qwen-full "$CAUSAL_DATA" bash scripts/run-qwen-full.sh test
-evaluate qwen-partial qwen-full "$CAUSAL_DATA" bash scripts/run-qwen-partial.sh test
-evaluate encoder-full encoder "$ENCODER_DATA" bash scripts/run-modernbert-full.sh test
-evaluate encoder-partial encoder "$ENCODER_DATA" bash scripts/run-modernbert-partial.sh test
+# The lexical floor (TF-IDF + logistic regression, seconds) on the decoded responses of the SmolLM2 models' split.
+train lexical bash scripts/run-lexical.sh --data-dir "$CAUSAL_DATA"
 evaluate lexical-full lexical "$CAUSAL_DATA" bash scripts/run-lexical.sh test --mode full
 evaluate lexical-partial lexical "$CAUSAL_DATA" bash scripts/run-lexical.sh test --mode partial
+train qwen-full bash scripts/run-qwen-full.sh --base-model-path "$SMOL" --data-dir "${CAUSAL_TRAINING[@]}" "${CAUSAL_FLAGS[@]}" --report-to tensorboard
+evaluate qwen-full qwen-full "$CAUSAL_DATA" bash scripts/run-qwen-full.sh test
+evaluate qwen-partial qwen-full "$CAUSAL_DATA" bash scripts/run-qwen-partial.sh test
+train encoder bash scripts/run-modernbert-full.sh --base-model-path "$MINILM" --data-dir "$ENCODER_DATA" "${ENCODER_FLAGS[@]}" --report-to tensorboard
+evaluate encoder-full encoder "$ENCODER_DATA" bash scripts/run-modernbert-full.sh test
+evaluate encoder-partial encoder "$ENCODER_DATA" bash scripts/run-modernbert-partial.sh test "${ENCODER_PARTIAL_FLAGS[@]}"
 for name in scm qwen-full encoder; do
   cp "$RUNS/$name/training_summary.json" "$OUT/training-summary-$name.json"
 done
