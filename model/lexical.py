@@ -2,7 +2,7 @@
 any monitor should beat.
 
 It reads text, not token ids: the training and evaluation flows decode the processed response ids with the
-tokenizer the data was processed with (``utils/lexical_text.py``), so it judges exactly the responses (and, in
+tokenizer the data was processed with (``utils/evaluation/lexical_text.py``), so it judges exactly the responses (and, in
 partial mode, exactly the prefixes) the neural monitors judge. Its score is ``sigmoid(w . x + b)`` where ``x`` is
 the L2-normalised TF-IDF vector of the text, i.e. scikit-learn's ``LogisticRegression.predict_proba`` over
 ``TfidfVectorizer.transform``.

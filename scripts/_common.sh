@@ -92,7 +92,7 @@ PY
 flags_tag() { printf '%s\n' "$@" | sha1sum | cut -c1-8; }
 
 asset_path() {  # asset_path smollm2|minilm|qwen_tokenizer
-  python -c "import utils.assets as a; print({'smollm2': a.smollm2_path, 'minilm': a.minilm_path, 'qwen_tokenizer': a.qwen_tokenizer_path}['$1']())"
+  python -c "import model.assets as a; print({'smollm2': a.smollm2_path, 'minilm': a.minilm_path, 'qwen_tokenizer': a.qwen_tokenizer_path}['$1']())"
 }
 
 # sample_data_for TOKENIZER_PATH: prints a processed copy of the project's own sample for that tokenizer,
@@ -103,7 +103,7 @@ sample_data_for() {
   sample="$(repo_path .cache/fineharm-sample)"
   out="$(repo_path ".cache/data/sample-$(basename "$tokenizer")")"
   if [ ! -f "$sample/test_new.json" ]; then
-    python -m utils.sample_data --output-dir "$sample" >&2
+    python -m utils.data.sample_data --output-dir "$sample" >&2
   fi
   if [ ! -f "$out/meta.json" ]; then
     python -m utils.data_process --output-dir "$out" --tokenizer-path "$tokenizer" --input-dir "$sample" >&2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark of the project's code paths (python -m utils.benchmark) as ONE device call; results/gpu-bench/README.md
+# GPU benchmark of the project's code paths (python -m bench.benchmark) as ONE device call; results/gpu-bench/README.md
 # explains the run and where its files go.
 #   bash scripts/run-bench.sh --prepare-deps                      # HERE first: wheels the GPU machine lacks
 #   bash scripts/run-bench.sh --gpu-tests --out "$OUT/gpu-bench"   # on the GPU machine: about 7 minutes
@@ -12,7 +12,7 @@
 # 5.17 cannot import the project's SCMConfig (transformers.configuration_utils.SubConfigSpec is newer) and it has
 # no hf-mtask-trainer. --gpu-tests (first argument) runs the fast path's pytest file first (its CUDA-graph test runs
 # only on a GPU; log in <out>/pytest.log, at most 60 s). Everything stops after BENCH_TIMEOUT_S seconds (default 420)
-# and keeps what it measured; each section also has its own time budget (see python -m utils.benchmark --help).
+# and keeps what it measured; each section also has its own time budget (see python -m bench.benchmark --help).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -61,7 +61,7 @@ fi
 export PYTHONPATH="$PYTHONPATH_PREFIX$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Fail in seconds, not after minutes of device time, when the project cannot be imported here.
-if ! "$PYTHON" -c "import model, utils.training, utils.evaluation, utils.benchmark" 2> /tmp/scm-bench-import.err; then
+if ! "$PYTHON" -c "import model, train.training, utils.evaluation.scoring, bench.benchmark" 2> /tmp/scm-bench-import.err; then
   cat /tmp/scm-bench-import.err >&2
   echo "run-bench.sh: the project does not import with $("$PYTHON" -c 'import sys; print(sys.executable)'); on the" \
        "GPU machine carry the wheels: run 'bash scripts/run-bench.sh --prepare-deps' here and pass" \
@@ -95,7 +95,7 @@ fi
 
 left=$((ENDS - SECONDS))
 status=0
-timeout --signal=TERM --kill-after=20 "$left" "$PYTHON" -m utils.benchmark "$@" || status=$?
+timeout --signal=TERM --kill-after=20 "$left" "$PYTHON" -m bench.benchmark "$@" || status=$?
 if [ "$status" -eq 124 ]; then
   echo "run-bench.sh: stopped at the ${BENCH_TIMEOUT_S:-420} s limit; bench.json holds what was measured" >&2
 fi

@@ -18,7 +18,7 @@ fi
 if [ "$#" -lt 2 ] || [[ "$1" == -* ]] || [[ "$2" == -* ]]; then
   echo "usage: bash scripts/run-data.sh OUTPUT_DIR TOKENIZER_PATH [--input-dir DIR [DIR ...]] [--source-weights W [W ...]] [--splits train val test] [--limit N] [--num-workers N]" >&2
   echo "  OUTPUT_DIR: folder for train.jsonl/val.jsonl/test.jsonl + meta.json (e.g. scm, baseline-qwen, baseline-modernbert)" >&2
-  echo "  TOKENIZER_PATH: tokenizer folder of the model to train (offline defaults: python -m utils.assets)" >&2
+  echo "  TOKENIZER_PATH: tokenizer folder of the model to train (offline defaults: python -m model.assets)" >&2
   exit 2
 fi
 if [ -f "$ROOT/.venv/bin/activate" ]; then

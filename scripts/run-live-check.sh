@@ -22,7 +22,7 @@ OPERATING_POINTS="${OPERATING_POINTS:-leak_free,leak_free_early}"
 [ -f "$REALMIX/test_new.json" ] || { echo "run-live-check.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
 if [ "${1:-}" = "generate" ]; then
   shift
-  exec python -m utils.live_generate --input-dir "$REALMIX" --split test --output-file "$OUT/answers.jsonl" \
+  exec python -m test.live_generate --input-dir "$REALMIX" --split test --output-file "$OUT/answers.jsonl" \
     --num-threads 1 "$@"
 fi
 if [ "$#" -eq 0 ]; then
@@ -32,11 +32,11 @@ if [ $(( $# % 3 )) -ne 0 ]; then
   echo "usage: bash scripts/run-live-check.sh [generate | NAME CHECKPOINT REALMIX_EVAL [NAME CHECKPOINT REALMIX_EVAL ...]]" >&2
   exit 2
 fi
-python -m utils.live_check build --answers "$OUT/answers.jsonl" --labels "$OUT/labels.jsonl" --input-dir "$REALMIX" \
+python -m test.live_check build --answers "$OUT/answers.jsonl" --labels "$OUT/labels.jsonl" --input-dir "$REALMIX" \
   --output-dir "$RUNS/fineharm"
 while [ "$#" -gt 0 ]; do
-  python -m utils.live_check run --name "$1" --model-path "$2" --realmix-eval "$3" --fineharm-dir "$RUNS/fineharm" \
+  python -m test.live_check run --name "$1" --model-path "$2" --realmix-eval "$3" --fineharm-dir "$RUNS/fineharm" \
     --work-dir "$RUNS" --output-dir "$OUT" --operating-points "$OPERATING_POINTS"
   shift 3
 done
-python -m utils.live_check table --output-dir "$OUT"
+python -m test.live_check table --output-dir "$OUT"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Leave-one-source-out on realmix (../shared/data/realmix, never copied into the project): for each JailbreakBench
 # attack and each XSTest model, train without it (in-distribution validation chooses the leak-free operating point)
-# and test on all of its responses; one table per run in $OUT/loso.md (utils/loso.py says how sources with one class
+# and test on all of its responses; one table per run in $OUT/loso.md (utils/evaluation/loso.py says how sources with one class
 # are handled).
 #
 #   bash scripts/run-loso.sh                                                       # the lexical floor, every source
@@ -54,7 +54,7 @@ needs() { [[ " $MODELS " == *" $1 "* ]]; }
 
 mkdir -p "$OUT"
 timed() { timed_step "$OUT/timings.tsv" "$@"; }  # timed NAME COMMAND...
-python -m utils.loso build --input-dir "$REALMIX" --output-dir "$RUNS/folders" ${SOURCES:+--sources "$SOURCES"}
+python -m utils.evaluation.loso build --input-dir "$REALMIX" --output-dir "$RUNS/folders" ${SOURCES:+--sources "$SOURCES"}
 if needs lexical || needs scm || needs qwen-full; then SMOL="${SMOL:-$(asset_path smollm2)}"; fi
 if needs encoder; then MINILM="${MINILM:-$(asset_path minilm)}"; fi
 
@@ -75,7 +75,7 @@ train() {  # train SOURCE NAME COMMAND...: skip when already trained
   timed "$source/train-$name" "$@" --output-dir "$RUNS/models/$source/$name"
 }
 
-for source in $(python -m utils.loso list --folders "$RUNS/folders"); do
+for source in $(python -m utils.evaluation.loso list --folders "$RUNS/folders"); do
   echo "[loso] held out: $source" >&2
   causal="$RUNS/data/$source-smollm2-$(flags_tag "${DATA_FLAGS[@]}")"
   encoder="$RUNS/data/$source-minilm-$(flags_tag "${ENCODER_DATA_FLAGS[@]}")"
@@ -116,4 +116,4 @@ for source in $(python -m utils.loso list --folders "$RUNS/folders"); do
     fi
   fi
 done
-python -m utils.loso table --runs-dir "$RUNS/eval" --output-dir "$OUT"
+python -m utils.evaluation.loso table --runs-dir "$RUNS/eval" --output-dir "$OUT"

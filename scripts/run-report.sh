@@ -28,4 +28,4 @@ if [ -n "$floor_data" ]; then
   bash scripts/run-lexical.sh floor --data-dir "$floor_data" --output-dir "$floor_out" >&2
   args+=("$floor_out/full" "$floor_out/partial")
 fi
-exec python -m utils.report "${args[@]}"
+exec python -m utils.evaluation.report "${args[@]}"

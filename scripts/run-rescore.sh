@@ -9,4 +9,4 @@ if [ "$#" -eq 0 ]; then
     "[--max-k N] [--selection-tolerance POINTS]" >&2
   exit 2
 fi
-exec python -m utils.rescore "$@"
+exec python -m utils.evaluation.rescore "$@"

@@ -9,4 +9,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 # The repository's default, named from the folder the user runs this in (paths the user types stay theirs).
 extra=()
 has_flag output-dir "$@" || extra+=(--output-dir "$(repo_path results/serve-bench)")
-exec python -m test.bench_serve "${extra[@]}" "$@"
+exec python -m bench.bench_serve "${extra[@]}" "$@"

@@ -7,4 +7,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 extra=()
 has_flag output-dir "$@" || extra+=(--output-dir "$(repo_path results/streaming-cpu)")
-exec python -m test.bench_streaming "${extra[@]}" "$@"
+exec python -m bench.bench_streaming "${extra[@]}" "$@"

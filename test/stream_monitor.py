@@ -425,7 +425,7 @@ def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, An
     if args.input is not None:
         results = monitor_pairs(monitor, args, out)
     else:
-        from utils.assets import smollm2_path
+        from model.assets import smollm2_path
 
         generator_path = args.generator or str(smollm2_path())
         torch.manual_seed(args.seed)

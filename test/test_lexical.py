@@ -1,7 +1,7 @@
 """Evaluate the lexical floor (TF-IDF + logistic regression, ``train/train_lexical.py``) like any other monitor.
 
-The floor reads the decoded processed responses (``utils/lexical_text.py``: the data's own tokenizer, from
-``meta.json`` or ``--tokenizer-path``), and goes through the project's evaluation flow (``utils/evaluation.py``), so
+The floor reads the decoded processed responses (``utils/evaluation/lexical_text.py``: the data's own tokenizer, from
+``meta.json`` or ``--tokenizer-path``), and goes through the project's evaluation flow (``utils/evaluation/scoring.py``), so
 predictions, per-threshold metrics, ``summary.json``, plots and ``report.md`` come out as for the neural models,
 with model task ``lexical``:
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.cli import parse_dataclasses
-from utils.evaluation import LEXICAL_TASKS, Checkpoint, EvalArguments, check_task, run_evaluation
+from utils.evaluation.scoring import LEXICAL_TASKS, Checkpoint, EvalArguments, check_task, run_evaluation
 
 SCRIPT = "test.test_lexical"
 MODES = ("full", "partial")
@@ -66,7 +66,7 @@ def main(args: LexicalEvalArguments) -> dict[str, Any]:
     """
     from model.lexical import LexicalDetector
     from utils.data_process import load_tokenizer
-    from utils.lexical_text import check_tokenizer_fits, score_lexical, tokenizer_source
+    from utils.evaluation.lexical_text import check_tokenizer_fits, score_lexical, tokenizer_source
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.mode not in MODES:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from utils.cli import parse_dataclasses
-from utils.evaluation import ENCODER_TASKS, EvalArguments, run_evaluation, score_encoder_full
+from utils.evaluation.scoring import ENCODER_TASKS, EvalArguments, run_evaluation, score_encoder_full
 
 SCRIPT = "test.test_modernbert_full"
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from utils.cli import parse_dataclasses
-from utils.evaluation import ENCODER_TASKS, EvalArguments, run_evaluation, score_encoder_prefixes
+from utils.evaluation.scoring import ENCODER_TASKS, EvalArguments, run_evaluation, score_encoder_prefixes
 
 SCRIPT = "test.test_modernbert_partial"
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from utils.cli import parse_dataclasses
-from utils.evaluation import CAUSAL_TASKS, EvalArguments, run_evaluation, score_causal
+from utils.evaluation.scoring import CAUSAL_TASKS, EvalArguments, run_evaluation, score_causal
 
 SCRIPT = "test.test_qwen_full"
 
 
 @dataclass
 class QwenFullArguments(EvalArguments):
-    """Flags of ``python -m test.test_qwen_full`` (all shared; see :class:`utils.evaluation.EvalArguments`)."""
+    """Flags of ``python -m test.test_qwen_full`` (all shared; see :class:`utils.evaluation.scoring.EvalArguments`)."""
 
 
 def parse_args(argv: list[str] | None = None) -> QwenFullArguments:

@@ -17,7 +17,7 @@ token-level P/R/F1, how early harmful responses are stopped, and the F1-vs-token
 Outputs in ``--output-dir``: ``predictions-<split>.jsonl`` (+ ``.meta.json``),
 ``metrics-partial-<scorer>-theta<t>.json`` and ``metrics-full-theta<t>.json`` per threshold, ``summary.json``,
 ``report.md``, ``macro-f1-vs-k-<scorer>.png``, ``frontier-<scorer>.png``, ``stop-histogram-<scorer>.png``,
-``score-traces.png``. ``python -m utils.rescore`` recomputes all but the predictions from the predictions files.
+``score-traces.png``. ``python -m utils.evaluation.rescore`` recomputes all but the predictions from the predictions files.
 
 Commands (``bash scripts/run-scm.sh test ...`` runs the first, ``bash scripts/run-qwen-partial.sh test ...`` the
 second)::
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from utils.cli import parse_dataclasses
-from utils.evaluation import CAUSAL_TASKS, EvalArguments, checkpoint_task, run_evaluation, score_causal
+from utils.evaluation.scoring import CAUSAL_TASKS, EvalArguments, checkpoint_task, run_evaluation, score_causal
 
 SCRIPT = "test.test_qwen_partial"
 SCORER_CHOICES = ("auto", "token", "holistic", "both")

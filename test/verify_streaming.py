@@ -40,7 +40,7 @@ import transformers
 from serve.monitor import StreamingMonitor, score_offline
 from utils.cli import parse_dataclasses
 from utils.io_utils import DataFormatError, write_json
-from utils.processed_data import check_vocabulary, load_meta, load_split, split_path
+from utils.data.processed_data import check_vocabulary, load_meta, load_split, split_path
 
 SPLITS = ("train", "val", "test")
 

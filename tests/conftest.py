@@ -27,7 +27,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def qwen_tokenizer_dir() -> Path:
-    from utils.assets import qwen_tokenizer_path
+    from model.assets import qwen_tokenizer_path
 
     return qwen_tokenizer_path()
 
@@ -45,7 +45,7 @@ def tiny_causal_backbone(tmp_path_factory, qwen_tokenizer_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_encoder_backbone(tmp_path_factory) -> Path:
     """A saved tiny random BERT with MiniLM's WordPiece tokenizer."""
-    from utils.assets import minilm_path
+    from model.assets import minilm_path
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)

@@ -36,7 +36,7 @@ def build_tiny_scm(
 
     Args:
         folder: destination (created).
-        tokenizer_path: a folder with a tokenizer (e.g. ``utils.assets.smollm2_path()``).
+        tokenizer_path: a folder with a tokenizer (e.g. ``model.assets.smollm2_path()``).
         seed: torch seed for the random weights.
         theta, delay_k, scorer: the checkpoint's default operating point.
         max_position_embeddings: the backbone's maximum length.

@@ -1,7 +1,7 @@
 """Train the lexical floor: TF-IDF (word n-grams) + logistic regression on the same processed split as the neural
 monitors (``model/lexical.py``).
 
-Its text is the decoded processed response (``utils/lexical_text.py``): the ids of ``<data-dir>/train.jsonl`` decoded
+Its text is the decoded processed response (``utils/evaluation/lexical_text.py``): the ids of ``<data-dir>/train.jsonl`` decoded
 with the tokenizer the data was processed with (``meta.json``; ``--tokenizer-path`` overrides), so no model sees
 other data. The defaults are the settings realmix's README measured its floor with: word 1-2-grams, sublinear tf,
 min_df 2, C = 4, balanced classes (scikit-learn's lbfgs solver otherwise). Training takes seconds.
@@ -59,9 +59,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[LexicalDataArguments, Lex
 
 def _split_texts(data_dir: str, split: str, tokenizer: Any, max_length: int, limit: int | None
                  ) -> tuple[list[str], list[int], int]:
-    from utils.evaluation import prepare_split
-    from utils.lexical_text import response_text
-    from utils.processed_data import check_vocabulary, load_split
+    from utils.evaluation.scoring import prepare_split
+    from utils.evaluation.lexical_text import response_text
+    from utils.data.processed_data import check_vocabulary, load_split
 
     records = load_split(data_dir, split, limit)
     check_vocabulary(records, len(tokenizer), data_dir, "the decoding tokenizer")
@@ -84,9 +84,9 @@ def main(data_args: LexicalDataArguments, settings: LexicalSettings) -> Path:
     import transformers
 
     from utils.data_process import load_tokenizer
-    from utils.lexical_text import check_tokenizer_fits, tokenizer_source
+    from utils.evaluation.lexical_text import check_tokenizer_fits, tokenizer_source
     from utils.metrics import classification_report
-    from utils.processed_data import load_meta
+    from utils.data.processed_data import load_meta
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.check()

@@ -27,7 +27,7 @@ import torch
 
 from model import EncoderForSequenceClassification
 from utils.cli import parse_dataclasses
-from utils.training import CommonModelArguments, PaperTrainingArguments, load_tokenizer, run_training
+from train.training import CommonModelArguments, PaperTrainingArguments, load_tokenizer, run_training
 
 logger = logging.getLogger("train_modernbert")
 

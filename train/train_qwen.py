@@ -40,7 +40,7 @@ import torch
 from model import SCMModel
 from model.modeling_qwen4dual_2CE_w_logic import POOLING_RULES, PAPER_POOLING, pooling_pad_id
 from utils.cli import parse_dataclasses
-from utils.training import CommonModelArguments, PaperTrainingArguments, load_tokenizer, run_training
+from train.training import CommonModelArguments, PaperTrainingArguments, load_tokenizer, run_training
 
 logger = logging.getLogger("train_qwen")
 

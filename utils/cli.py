@@ -36,13 +36,13 @@ def parse_dataclasses(types: tuple[type, ...], argv: list[str] | None = None, pr
 
 
 def parse_command(commands: dict[str, type], argv: list[str] | None = None, prog: str = "") -> tuple[str, Any]:
-    """``COMMAND FLAGS`` -> ``(COMMAND, its dataclass)`` for modules with several commands (``python -m utils.loso
+    """``COMMAND FLAGS`` -> ``(COMMAND, its dataclass)`` for modules with several commands (``python -m utils.evaluation.loso
     build ...``); the flags are parsed as :func:`parse_dataclasses` does.
 
     Args:
         commands: command name -> the dataclass of its flags.
         argv: the arguments (default ``sys.argv[1:]``).
-        prog: the program name for messages, e.g. ``python -m utils.loso``.
+        prog: the program name for messages, e.g. ``python -m utils.evaluation.loso``.
 
     Raises:
         SystemExit: status 2 for a missing or unknown command (the usage names the commands) or a bad flag.

@@ -6,8 +6,8 @@ Commands (from the repository root; ``scripts/run-data.sh OUTPUT_DIR TOKENIZER_P
     python -m utils.data_process --output-dir scm --tokenizer-path /path/to/qwen-tokenizer
     python -m utils.data_process --output-dir baseline-modernbert --tokenizer-path /path/to/modernbert-tokenizer
 
-    # any FineHarm-format folder, e.g. the project's own sample (python -m utils.sample_data), with the
-    # offline Qwen2.5 tokenizer (python -m utils.assets prints its folder)
+    # any FineHarm-format folder, e.g. the project's own sample (python -m utils.data.sample_data), with the
+    # offline Qwen2.5 tokenizer (python -m model.assets prints its folder)
     python -m utils.data_process --output-dir /tmp/sample-qwen \\
         --tokenizer-path .cache/assets/qwen2.5-tokenizer --input-dir .cache/fineharm-sample
 
@@ -15,7 +15,7 @@ Commands (from the repository root; ``scripts/run-data.sh OUTPUT_DIR TOKENIZER_P
     python -m utils.data_process --output-dir /tmp/q --tokenizer-path PATH --splits test --limit 50 --num-workers 2
 
     # several FineHarm-format folders in one output, e.g. FineHarm plus your own annotated data
-    # (python -m utils.annotate) counted twice in training: validation and test are concatenated unweighted
+    # (python -m utils.annotation.annotate) counted twice in training: validation and test are concatenated unweighted
     python -m utils.data_process --output-dir scm-mixed --tokenizer-path PATH \\
         --input-dir FineHarm my-annotated-data --source-weights 1 2
 
@@ -31,7 +31,7 @@ character-level alignment that ignores whitespace, case and accents.
 Output (docs/ARCHITECTURE.md): ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (``id``, ``input_ids``,
 ``token_labels``, ``sequence_labels``, ``response_start``, and ``source``, the index of the input folder, when there
 are several) and ``meta.json`` (``sources``: each folder with its weight and the examples read and used per split;
-mixing rules in ``utils/processed_data.py``). All input is validated before
+mixing rules in ``utils/data/processed_data.py``). All input is validated before
 anything is written; the files are written into a temporary sibling folder that replaces OUTPUT_DIR only when
 complete, so an interrupted or failed run leaves OUTPUT_DIR as it was.
 """
@@ -49,9 +49,9 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import spacy_alignments
 from tqdm.auto import tqdm
 
-from utils.fineharm import SPLITS, load_fineharm, response_label
+from utils.data.fineharm import SPLITS, load_fineharm, response_label
 from utils.io_utils import staged_output_dir, write_json, write_jsonl
-from utils.processed_data import check_weights, mix_sources
+from utils.data.processed_data import check_weights, mix_sources
 from utils.text_encoding import cut_prompt, encode_texts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ def load_tokenizer(path: str | os.PathLike):
         raise TokenizerLoadError(
             f"could not load a tokenizer from {str(path)!r} ({type(err).__name__}: {cause}); "
             f"pass a folder holding the tokenizer files of the model you will train, e.g. the output of "
-            f"`python -m utils.assets` (offline) or a saved model folder"
+            f"`python -m model.assets` (offline) or a saved model folder"
         ) from err
     if len(tokenizer) == 0:
         raise TokenizerLoadError(f"the tokenizer loaded from {str(path)!r} has an empty vocabulary; check its files")

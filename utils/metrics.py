@@ -1,4 +1,4 @@
-"""Metrics: pure functions over prediction records (``utils/predictions.py``), nothing else.
+"""Metrics: pure functions over prediction records (``utils/evaluation/predictions.py``), nothing else.
 
 Conventions (fixed here so that every number in a report can be recomputed by hand):
 

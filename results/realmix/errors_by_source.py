@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.cli import parse_dataclasses  # noqa: E402
 from utils.io_utils import DataFormatError, atomic_write, read_json  # noqa: E402
-from utils.fineharm import response_label  # noqa: E402
-from utils.loso import source_key  # noqa: E402
+from utils.data.fineharm import response_label  # noqa: E402
+from utils.evaluation.loso import source_key  # noqa: E402
 from utils.metrics import stop_indices  # noqa: E402
-from utils.predictions import predictions_path, read_predictions  # noqa: E402
+from utils.evaluation.predictions import predictions_path, read_predictions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

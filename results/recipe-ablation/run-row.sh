@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 name="$1" data="$2"; shift 2
 runs=runs/recipe
 mkdir -p "$runs/logs"
-smol="$(.venv/bin/python -c 'import utils.assets as a; print(a.smollm2_path())')"
+smol="$(.venv/bin/python -c 'import model.assets as a; print(a.smollm2_path())')"
 
 stage() {  # stage STAGE COMMAND...: run it, sampling the load average, and append its time to times.tsv
   local stage="$1"; shift

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from utils.cli import parse_dataclasses  # noqa: E402
 from utils.io_utils import write_json  # noqa: E402
 from utils.metrics import THRESHOLDS, best_point, earliest_within, partial_detection, sweep_partial  # noqa: E402
-from utils.predictions import predictions_path, read_predictions  # noqa: E402
+from utils.evaluation.predictions import predictions_path, read_predictions  # noqa: E402
 
 
 @dataclass

@@ -3,7 +3,7 @@
 # the same response after the last 64 prompt tokens (EXTRA_VIEW_FLAGS), one epoch of each (5,120 sequences, 320
 # steps), otherwise the flags of prompt-1ep: the monitor learns from the prompt in training and does not depend on it
 # when served (measured in results/recipe-ablation/README.md and results/loso/README.md).
-# Its frozen-prefix cache holds both views' sequences: `python -m utils.prefix_cache_merge --caches
+# Its frozen-prefix cache holds both views' sequences: `python -m train.prefix_cache_merge --caches
 # .cache/prefix-cache/realmix-cpu-smollm2-f24 .cache/prefix-cache/realmix-cpu-smollm2-p0-f24 --output-dir
 # .cache/prefix-cache/realmix-cpu-smollm2-views-f24` makes it from the cpu and response-1ep caches in seconds;
 # without them the first run builds it (the frozen blocks over 888,138 tokens).

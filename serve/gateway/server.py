@@ -106,7 +106,7 @@ def build_gateway(args: GatewayArguments) -> Gateway:
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from utils.assets import smollm2_path
+        from model.assets import smollm2_path
 
         generator_path = args.generator or str(smollm2_path())
         tokenizer = AutoTokenizer.from_pretrained(generator_path)

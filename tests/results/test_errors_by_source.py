@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.tiny_text_data import write_fineharm_folder
-from utils.fineharm import response_label
+from utils.data.fineharm import response_label
 from utils.io_utils import DataFormatError, write_json
-from utils.loso import source_key
-from utils.predictions import make_record, write_predictions
+from utils.evaluation.loso import source_key
+from utils.evaluation.predictions import make_record, write_predictions
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("errors_by_source", ROOT / "results" / "realmix" / "errors_by_source.py")

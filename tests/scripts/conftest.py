@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, Qwen2Config, Qwen
 @pytest.fixture(scope="session")
 def driver_backbones(tmp_path_factory) -> dict[str, str]:
     """Tiny random backbones whose vocabularies fit the real SmolLM2 / MiniLM tokenizers saved beside them."""
-    from utils.assets import minilm_path, smollm2_path
+    from model.assets import minilm_path, smollm2_path
 
     root = tmp_path_factory.mktemp("driver-backbones")
     torch.manual_seed(0)

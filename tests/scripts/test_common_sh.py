@@ -41,7 +41,7 @@ def test_the_projects_packages_win_over_a_users_folder_of_the_same_name(tmp_path
 
 
 def test_a_driver_reads_and_writes_relative_paths_in_the_users_folder(tmp_path):
-    from tests.utils.test_report import make_summary
+    from tests.utils.evaluation.test_report import make_summary
 
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "summary.json").write_text(json.dumps(make_summary()))

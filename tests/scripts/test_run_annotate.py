@@ -38,7 +38,7 @@ def _rows() -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny_smollm2_backbone(tmp_path_factory) -> Path:
     """A tiny random Llama with SmolLM2's full tokenizer, so any annotated text is in its vocabulary."""
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path())

@@ -19,7 +19,7 @@ PROMPT = torch.tensor([[1, 504, 3458, 30]])
 
 @pytest.fixture(scope="module")
 def smol_tokenizer():
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     return AutoTokenizer.from_pretrained(smollm2_path())
 

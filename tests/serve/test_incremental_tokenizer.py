@@ -21,7 +21,7 @@ from utils.text_encoding import encode_text
 
 @pytest.fixture(scope="module", params=["smollm2", "qwen2.5"])
 def tokenizer(request):
-    from utils.assets import qwen_tokenizer_path, smollm2_path
+    from model.assets import qwen_tokenizer_path, smollm2_path
 
     return AutoTokenizer.from_pretrained(smollm2_path() if request.param == "smollm2" else qwen_tokenizer_path())
 
@@ -70,7 +70,7 @@ def test_text_is_normalised_by_segments(qwen_tokenizer_dir):
     assert incremental.raw_position(len("word ")) == len("word ")
     assert incremental.raw_position(len("word \u1ea1\u0301")) == len("word a\u0301\u0323")
     assert incremental.raw_position(len("word \u1ea1")) == len("word ")  # inside the segment: back to its start
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     smol = IncrementalTokenizer(AutoTokenizer.from_pretrained(smollm2_path()))
     smol.add("e\u0301 x y")
@@ -90,7 +90,7 @@ def test_a_normaliser_that_cannot_work_by_segments_is_refused(tokenizer):
 
 
 def test_a_long_unbroken_word_costs_bounded_work_per_character():
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     # Before the fix every character re-encoded the whole pending word: 1k/2k/4k/8k characters took
     # 0.95/4.24/19.1/92.0 s (per character x2.2, x4.8, x12 of the 1k cost); now the cost per character is flat.

@@ -339,14 +339,14 @@ def test_bad_operating_points_are_rejected(tiny_model, kwargs, match):
 
 @pytest.fixture(scope="module")
 def smol_tokenizer():
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     return AutoTokenizer.from_pretrained(smollm2_path())
 
 
 @pytest.fixture(scope="module")
 def tiny_smol_checkpoint(tmp_path_factory, smol_tokenizer):
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     return build_tiny_scm(tmp_path_factory.mktemp("tiny-scm-smol"), smollm2_path(), theta=0.7, delay_k=3,
                           scorer="holistic")
@@ -384,7 +384,7 @@ def test_from_pretrained_errors_name_the_fix(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_streaming_equals_offline():
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     model = SCMModel.from_backbone(str(smollm2_path())).eval()
     monitor = StreamingMonitor(model, rule=DelayK(10**9), attn_implementation="sdpa")
@@ -505,7 +505,7 @@ def test_an_over_long_prompt_is_named_as_the_prompt(tiny_model):
 def test_prompts_are_cut_as_the_checkpoints_training_data_was(tmp_path, smol_tokenizer):
     """A monitor trained on the last N prompt tokens (data --max-prompt-tokens N) is served the last N, not the
     whole prompt; a checkpoint saved before the config field existed reads N from its training_summary.json."""
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
     from utils.data_process import ExampleEncoder
     from utils.io_utils import write_json
 

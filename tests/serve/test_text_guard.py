@@ -30,7 +30,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def smol_tokenizer():
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     return AutoTokenizer.from_pretrained(smollm2_path())
 

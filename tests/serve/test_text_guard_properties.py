@@ -324,7 +324,7 @@ def run_batch(harness: Harness, cases: list[Case], faults: list, k: int) -> None
 
 @pytest.fixture(scope="module", params=["smollm2", "qwen2.5"])
 def harness(request):
-    from utils.assets import qwen_tokenizer_path, smollm2_path
+    from model.assets import qwen_tokenizer_path, smollm2_path
 
     path = smollm2_path() if request.param == "smollm2" else qwen_tokenizer_path()
     return Harness(request.param, AutoTokenizer.from_pretrained(path), seed_=7)

@@ -20,10 +20,10 @@ from transformers import BertConfig, ModernBertConfig
 from model import EncoderClassifierConfig, EncoderForSequenceClassification, SCMConfig, SCMModel
 from test import test_modernbert_full, test_modernbert_partial, test_qwen_full, test_qwen_partial
 from utils.decision_rules import delay_k_stop_index
-from utils.evaluation import EvalExample, bucketed_batches, iter_prefix_jobs, length_sorted_batches, prepare_example
+from utils.evaluation.scoring import EvalExample, bucketed_batches, iter_prefix_jobs, length_sorted_batches, prepare_example
 from utils.io_utils import DataFormatError
 from utils.metrics import best_point, earliest_within, sweep_partial
-from utils.predictions import read_predictions
+from utils.evaluation.predictions import read_predictions
 
 from tests.tiny_models import TINY_VOCAB, tiny_qwen2_config, write_processed_split
 
@@ -301,7 +301,7 @@ def test_unknown_flag_suggests_the_closest(capsys):
 
 
 def test_interrupted_run_leaves_no_truncated_file(scm_checkpoint, tiny_processed_data, tmp_path, monkeypatch):
-    import utils.eval_outputs as eval_outputs
+    import utils.evaluation.outputs as eval_outputs
     from utils.io_utils import atomic_write, write_json
 
     def write_then_interrupt(path, obj):

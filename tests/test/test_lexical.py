@@ -1,5 +1,5 @@
 """The lexical floor end to end on hand-made text processed with a real tokenizer: train/train_lexical.py,
-test/test_lexical.py (full and partial mode) and utils/lexical_text.py. Checks that the floor reads the decoded
+test/test_lexical.py (full and partial mode) and utils/evaluation/lexical_text.py. Checks that the floor reads the decoded
 processed responses, that each prefix's score is the detector's score of that decoded prefix, that reported numbers
 are recomputed from the predictions files, and that misuse fails with a message naming the fix."""
 
@@ -14,11 +14,11 @@ from transformers import AutoTokenizer
 from model.lexical import LexicalDetector
 from test import test_lexical, test_qwen_partial
 from train import train_lexical
-from utils.evaluation import prepare_split
-from utils.lexical_text import prefix_texts, response_text, score_lexical, tokenizer_source
+from utils.evaluation.scoring import prepare_split
+from utils.evaluation.lexical_text import prefix_texts, response_text, score_lexical, tokenizer_source
 from utils.metrics import classification_report
-from utils.predictions import read_predictions
-from utils.processed_data import load_split
+from utils.evaluation.predictions import read_predictions
+from utils.data.processed_data import load_split
 
 from tests.tiny_text_data import process, write_fineharm_folder
 
@@ -109,7 +109,7 @@ def test_misuse_names_the_fix(floor, text_data, tmp_path):
     (moved / "meta.json").write_text(json.dumps({**meta, "tokenizer": str(tmp_path / "gone")}))
     with pytest.raises(FileNotFoundError, match="pass --tokenizer-path FOLDER"):
         tokenizer_source(moved)
-    from utils.assets import minilm_path
+    from model.assets import minilm_path
 
     with pytest.raises(ValueError, match="processed with a tokenizer of 151665 entries"):
         train_lexical.main(*train_lexical.parse_args([

@@ -1,5 +1,5 @@
 """Entry points of the streaming runtime: test/stream_monitor.py (and scripts/run-stream.sh), test/verify_streaming.py
-and test/bench_streaming.py, on tiny random checkpoints that carry the real SmolLM2 / Qwen2.5 tokenizers.
+and bench/bench_streaming.py, on tiny random checkpoints that carry the real SmolLM2 / Qwen2.5 tokenizers.
 
 A "flagging" checkpoint has a token head with zero weights and a bias towards "harmful": every token scores
 sigmoid(5) = 0.9933, so delay-k stops at response token k - 1 and the tests know exactly where.
@@ -21,8 +21,9 @@ from transformers import AutoTokenizer
 
 from model import SCMConfig, SCMModel
 from tests.tiny_checkpoints import build_tiny_generator, build_tiny_scm, tiny_llama_config
-from test import bench_streaming, stream_monitor, verify_streaming
-from test.bench_streaming import BenchArguments
+from bench import bench_streaming
+from test import stream_monitor, verify_streaming
+from bench.bench_streaming import BenchArguments
 from test.stream_monitor import StreamMonitorArguments
 from test.verify_streaming import VerifyArguments
 from utils.cli import parse_dataclasses
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def smol_dir():
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     return smollm2_path()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from train.train_qwen import main, parse_args
-from utils.training import MonitorTrainer
+from train.training import MonitorTrainer
 
 
 def weights_digest(model: torch.nn.Module) -> str:

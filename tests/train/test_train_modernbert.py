@@ -11,8 +11,8 @@ from train.train_modernbert import main, parse_args
 
 
 def _val_loss(model, data_dir) -> float:
-    from utils.processed_data import load_split
-    from utils.training import PaddingCollator
+    from utils.data.processed_data import load_split
+    from train.training import PaddingCollator
 
     batch = PaddingCollator(with_token_labels=False)(load_split(data_dir, "val"))
     with torch.no_grad():
@@ -38,8 +38,8 @@ def test_encoder_training_learns_and_reloads(tiny_encoder_backbone, tiny_encoder
 
 
 def test_truncation_keeps_the_final_separator(tiny_encoder_backbone, tiny_encoder_data, tmp_path):
-    from utils.processed_data import load_split
-    from utils.training import truncate_records
+    from utils.data.processed_data import load_split
+    from train.training import truncate_records
 
     records, n = truncate_records(load_split(tiny_encoder_data, "train"), 6, keep_last_id=102)
     assert n > 0

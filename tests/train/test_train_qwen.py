@@ -96,7 +96,7 @@ def test_missing_data_dir_names_the_fix(tiny_causal_backbone, tmp_path):
 
 
 def test_missing_backbone_names_the_fix(tiny_processed_data, tmp_path):
-    with pytest.raises(FileNotFoundError, match="utils.assets"):
+    with pytest.raises(FileNotFoundError, match="model.assets"):
         _run(tmp_path / "no-model", tiny_processed_data, tmp_path / "o", "--max-steps", "1")
 
 

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from utils import data_process
-from utils.assets import minilm_path, qwen_tokenizer_path, smollm2_path
+from model.assets import minilm_path, qwen_tokenizer_path, smollm2_path
 from utils.data_process import (
     DataProcessArguments,
     ExampleEncoder,
@@ -23,7 +23,7 @@ from utils.data_process import (
     parse_args,
     sentence_token_labels,
 )
-from utils.fineharm import SPLIT_FILES
+from utils.data.fineharm import SPLIT_FILES
 from utils.io_utils import DataFormatError, read_json, read_jsonl, staged_output_dir
 
 X = -100  # short for the ignore label in the expected lists below
@@ -329,7 +329,7 @@ def test_cli_flags_and_errors(capsys):
 def test_max_prompt_tokens_keeps_the_end_of_the_prompt_and_every_response_token(qwen_tokenizer_dir, tmp_path):
     from utils.data_process import DataProcessArguments, main
     from utils.io_utils import read_jsonl
-    from utils.sample_data import write_sample
+    from utils.data.sample_data import write_sample
 
     sample = write_sample(tmp_path / "fh", seed=3, sizes={"train": 4, "val": 2, "test": 2})
     full_meta = main(DataProcessArguments(output_dir=str(tmp_path / "full"), tokenizer_path=str(qwen_tokenizer_dir),
@@ -368,7 +368,7 @@ def test_several_input_folders_are_mixed_with_weights(tmp_path):
 
 
 def test_max_prompt_tokens_zero_keeps_only_bos_before_the_response(tmp_path):
-    from utils.sample_data import write_sample
+    from utils.data.sample_data import write_sample
 
     tokenizer = smollm2_path()  # SmolLM2 has a BOS token
     sample = write_sample(tmp_path / "fh", seed=3, sizes={"train": 2, "val": 2, "test": 2})

@@ -19,7 +19,7 @@ ORDINARY = "It'll cost $1,234.56 — don't  worry.\n\n  Step 2:\tmix 😀 café 
 
 @pytest.fixture(scope="module", params=["smollm2", "qwen2.5"])
 def tokenizer(request):
-    from utils.assets import qwen_tokenizer_path, smollm2_path
+    from model.assets import qwen_tokenizer_path, smollm2_path
 
     return AutoTokenizer.from_pretrained(smollm2_path() if request.param == "smollm2" else qwen_tokenizer_path())
 
@@ -54,7 +54,7 @@ def test_training_data_and_prompts_use_the_same_encoding(tokenizer):
 
 
 def test_the_plain_backend_has_no_truncation_padding_or_added_tokens():
-    from utils.assets import minilm_path
+    from model.assets import minilm_path
 
     minilm = AutoTokenizer.from_pretrained(minilm_path())  # its saved backend truncates and pads to 128
     plain = plain_text_backend(minilm)

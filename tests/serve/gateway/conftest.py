@@ -13,7 +13,7 @@ from tests.tiny_checkpoints import build_tiny_generator, build_tiny_scm
 
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
-    from utils.assets import smollm2_path
+    from model.assets import smollm2_path
 
     return smollm2_path()
 
