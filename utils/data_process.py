@@ -50,11 +50,10 @@ import spacy_alignments
 from tqdm.auto import tqdm
 
 from utils.data.fineharm import SPLITS, load_fineharm, response_label
-from utils.io_utils import staged_output_dir, write_json, write_jsonl
+from utils.io_utils import REPO_ROOT, staged_output_dir, write_json, write_jsonl
 from utils.data.processed_data import check_weights, mix_sources
 from utils.text_encoding import cut_prompt, encode_texts
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100
 PROMPT_SEPARATOR = "\n\n"

@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TextIO
 
+# The repository root (this file is utils/io_utils.py): outputs name paths relative to it, never a machine's own.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 class DataFormatError(ValueError):
     """A user-supplied file is malformed; the message names the file, the record and the fix."""

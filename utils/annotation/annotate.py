@@ -61,10 +61,10 @@ from utils.annotation.text import (
     tokenise_sentences,
     word_labels,
 )
+from utils.cli import require_at_least
 from utils.data.fineharm import SPLIT_FILES, SPLITS, validate_example
-from utils.io_utils import DataFormatError, staged_output_dir, write_json
+from utils.io_utils import REPO_ROOT, DataFormatError, staged_output_dir, write_json
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_NAMES = frozenset(set(SPLIT_FILES.values()) | {"README.md", "annotation.json"})
 ON_ERROR = ("fail", "skip")
 MAX_PROBLEMS_IN_ERROR = 10
@@ -148,10 +148,8 @@ class AnnotateArguments:
         if len(self.split_ratios) != 3 or any(r < 0 for r in self.split_ratios) or sum(self.split_ratios) <= 0:
             raise ValueError(f"--split-ratios needs three non-negative numbers (train val test), got "
                              f"{self.split_ratios}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be positive, got {self.limit}")
-        if self.judge_workers < 1 or self.judge_batch_size < 1 or self.judge_retries < 0:
-            raise ValueError("--judge-workers and --judge-batch-size must be >= 1, --judge-retries >= 0")
+        require_at_least(self, 1, "limit", "judge_workers", "judge_batch_size")
+        require_at_least(self, 0, "judge_retries")
         if self.judge_theta is not None and not 0.0 <= self.judge_theta <= 1.0:
             raise ValueError(f"--judge-theta must be in [0, 1], got {self.judge_theta}")
         self.notional_pos = list(check_pos_tags(self.notional_pos))

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from utils.cli import require_at_least
 from utils.data.fineharm import SPLIT_FILES, SPLITS
-from utils.io_utils import atomic_write, staged_output_dir, write_json
+from utils.io_utils import REPO_ROOT, atomic_write, staged_output_dir, write_json
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLE_DIR = REPO_ROOT / ".cache" / "fineharm-sample"
 DEFAULT_SEED = 42
 DEFAULT_SIZES = {"train": 240, "val": 60, "test": 60}
@@ -554,9 +554,7 @@ class SampleDataArguments:
     test_size: int = field(default=DEFAULT_SIZES["test"], metadata={"help": "Records in test_new.json."})
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "val_size", "test_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "train_size", "val_size", "test_size")
 
 
 def main(args: SampleDataArguments) -> Path:

@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from utils.io_utils import write_json
-from utils.metrics import SELECTION_TOLERANCE, evaluate_records, theta_key
+from utils.io_utils import REPO_ROOT, write_json
+from utils.metrics import MAX_BENIGN_STOP_RATE, SELECTION_TOLERANCE, evaluate_records, theta_key
 
 SUMMARY_FORMAT_VERSION = 2
 FIXED_THETA = 0.5
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def portable_path(path: str | os.PathLike | None, root: str | os.PathLike | None = None) -> str | None:
@@ -133,6 +132,7 @@ def write_evaluation_outputs(
     max_k: int,
     tolerance: float = SELECTION_TOLERANCE,
     root: str | os.PathLike | None = None,
+    max_benign_stop_rate: float = MAX_BENIGN_STOP_RATE,
 ) -> dict[str, Any]:
     """Metrics JSONs, plots, ``summary.json`` and ``report.md`` of an evaluation folder from its predictions.
 
@@ -145,6 +145,7 @@ def write_evaluation_outputs(
         thresholds: theta grid. max_k: k grid is 1..max_k.
         tolerance: the early leak-free rule's validation macro-F1 tolerance (fraction; 0.01 = one point).
         root: the repository the recorded absolute paths belong to (default: this one).
+        max_benign_stop_rate: the false-stop budget rule's budget (share of benign validation responses stopped).
 
     Returns:
         The summary (also written to ``<output_dir>/summary.json``).
@@ -154,7 +155,8 @@ def write_evaluation_outputs(
 
     output_dir = Path(output_dir)
     facts = portable_tree(facts, root)
-    metrics = evaluate_records(records_by_split, scorers, thresholds, max_k, FIXED_THETA, tolerance)
+    metrics = evaluate_records(records_by_split, scorers, thresholds, max_k, FIXED_THETA, tolerance,
+                               max_benign_stop_rate)
     metric_files = write_metric_files(output_dir, metrics, thresholds)
     plots = write_partial_plots(output_dir, metrics, records_by_split[metrics["eval_split"]])
     summary = {
@@ -169,6 +171,7 @@ def write_evaluation_outputs(
         "thresholds": [float(t) for t in thresholds],
         "max_k": int(max_k),
         "selection_tolerance": float(tolerance),
+        "max_benign_stop_rate": float(max_benign_stop_rate),
         "scorers": list(scorers),
         "protocols": metrics["protocols"],
         "full": metrics["full"],
