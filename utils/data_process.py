@@ -49,7 +49,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import spacy_alignments
 from tqdm.auto import tqdm
 
-from utils.data.fineharm import SPLITS, load_fineharm, response_label
+from utils.data.fineharm import SPLITS, harm_category, has_categories, load_fineharm, response_label
 from utils.io_utils import REPO_ROOT, staged_output_dir, write_json, write_jsonl
 from utils.data.processed_data import check_weights, mix_sources
 from utils.text_encoding import cut_prompt, encode_texts
@@ -224,7 +224,8 @@ class ExampleEncoder:
             examples: validated FineHarm records.
 
         Returns:
-            Per record ``{"input_ids", "token_labels", "sequence_labels", "response_start"}``.
+            Per record ``{"input_ids", "token_labels", "sequence_labels", "response_start"}``, plus ``category``
+            (the harm category or None) when the input records carry ``meta.category``.
         """
         layouts = self.layouts([(example["prompt"], example["sentences"]) for example in examples])
         results = []
@@ -237,12 +238,15 @@ class ExampleEncoder:
                 pieces = [self._piece(token_id) for token_id in ids[begin:end]]
                 labels[begin:end] = sentence_token_labels(words, word_labels, pieces)
                 labels[end : end + len(self.newline_ids)] = [0] * len(self.newline_ids)
-            results.append({
+            record = {
                 "input_ids": ids,
                 "token_labels": labels,
                 "sequence_labels": response_label(example),
                 "response_start": layout.response_start,
-            })
+            }
+            if has_categories(example):  # data labelled with harm categories (realmix2); FineHarm has none
+                record["category"] = harm_category(example)
+            results.append(record)
         return results
 
 
@@ -444,6 +448,9 @@ def _count(records: Iterable[dict], stats: dict) -> Iterator[dict]:
         stats["tokens"] += len(record["input_ids"])
         stats["labelled_response_tokens"] += sum(1 for label in labels if label != IGNORE_INDEX)
         stats["harmful_tokens"] += sum(1 for label in labels if label == 1)
+        if "category" in record and record["category"] is not None:  # harmful records per category (realmix2)
+            counts = stats.setdefault("categories", {})
+            counts[record["category"]] = counts.get(record["category"], 0) + 1
         yield record
 
 

@@ -381,3 +381,18 @@ def test_max_prompt_tokens_zero_keeps_only_bos_before_the_response(tmp_path):
         ExampleEncoder(load_tokenizer(qwen_tokenizer_path()), max_prompt_tokens=0)  # Qwen has no BOS
     with pytest.raises(ValueError, match="must be 0 .no prompt. or more"):
         DataProcessArguments(output_dir="o", tokenizer_path="t", max_prompt_tokens=-1)
+
+
+def test_harm_categories_travel_into_the_processed_records(tmp_path):
+    harmful = dict(EXAMPLE, meta={"source": "x", "category": "illicit"})
+    benign = dict(EXAMPLE, sentence_labels=[0, 0], word_labels=[[0] * 6, [0] * 6], meta={"category": None})
+    out = run(tmp_path, write_fineharm(tmp_path / "fh", [harmful, benign]), qwen_tokenizer_path())
+    records = read_jsonl(out / "test.jsonl")
+    assert [r["category"] for r in records] == ["illicit", None]
+    assert read_json(out / "meta.json")["splits"]["test"]["categories"] == {"illicit": 1}
+
+
+def test_data_without_categories_writes_no_category_field(tmp_path):
+    out = run(tmp_path, write_fineharm(tmp_path / "fh"), qwen_tokenizer_path())
+    assert "category" not in read_jsonl(out / "test.jsonl")[0]
+    assert "categories" not in read_json(out / "meta.json")["splits"]["test"]

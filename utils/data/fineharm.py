@@ -161,6 +161,14 @@ def validate_example(example: Any, index: int, source: str | os.PathLike = "<dat
                 fail(f"word_labels[{i}][{j}]", f"expected 0 or 1, got {label!r}",
                      "use the integers 0 (benign) or 1 (harmful)")
 
+    meta = example.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        fail("meta", f"expected an object, got {type(meta).__name__}", "store record metadata as a JSON object")
+    category = (meta or {}).get("category")
+    if category is not None and (not isinstance(category, str) or not category.strip()):
+        fail("meta.category", f"expected a harm category name or null, got {category!r}",
+             "name the category (e.g. \"illicit\") or set null for a benign response")
+
 
 def load_split(path: str | os.PathLike) -> list[dict]:
     """Read and validate one FineHarm-format split file.
@@ -219,3 +227,22 @@ def response_label(example: dict) -> int:
         0 or 1.
     """
     return int(any(example["sentence_labels"]))
+
+
+def harm_category(example: dict) -> str | None:
+    """The harm category of a record (``meta.category``, realmix2's taxonomy), or None when it names none.
+
+    Args:
+        example: a validated FineHarm record.
+
+    Returns:
+        The category name, or None (benign records, and data without categories such as FineHarm).
+    """
+    meta = example.get("meta")
+    return meta.get("category") if isinstance(meta, dict) else None
+
+
+def has_categories(example: dict) -> bool:
+    """True when the record carries a ``meta.category`` field (null included): data labelled with categories."""
+    meta = example.get("meta")
+    return isinstance(meta, dict) and "category" in meta

@@ -177,3 +177,14 @@ def test_load_fineharm_fails_on_a_bad_later_split(tmp_path):
     folder = write_folder(tmp_path / "fh", {"test": [valid_record(), valid_record(), bad]})
     with pytest.raises(DataFormatError, match=r"test_new\.json, record 2, field 'sentence_labels\[1\]'"):
         load_fineharm(folder)
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"category": 3}, r"record 0, field 'meta.category': expected a harm category name or null, got 3"),
+    ({"category": " "}, r"field 'meta.category'"),
+    ("illicit", r"field 'meta': expected an object, got str"),
+])
+def test_bad_category_names_the_record_and_the_fix(tmp_path, meta, message):
+    folder = write_folder(tmp_path / "fh", {"test": [dict(valid_record(), meta=meta)]})
+    with pytest.raises(DataFormatError, match=message):
+        load_fineharm(folder)
