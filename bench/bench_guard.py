@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import platform
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -39,7 +38,7 @@ from model.modeling_qwen4dual_2CE_w_logic import SCMConfig, SCMModel
 from serve.monitor import StreamingMonitor
 from serve.text_guard import TextStreamGuard
 from bench.bench_streaming import machine_info
-from utils.cli import parse_dataclasses
+from utils.cli import require_at_least, run_entry_point
 from utils.decision_rules import DelayK
 from utils.io_utils import atomic_write, write_json
 
@@ -127,8 +126,8 @@ def main(args: GuardBenchArguments) -> dict[str, Any]:
         ValueError: bad flags.
     """
     lengths = _int_list(args.lengths)
-    if min(args.layers, args.rounds, args.threads) < 1 or args.streams < 2:
-        raise ValueError("--layers, --rounds and --threads must be >= 1, --streams >= 2")
+    require_at_least(args, 1, "layers", "rounds", "threads")
+    require_at_least(args, 2, "streams")
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -158,9 +157,4 @@ def main(args: GuardBenchArguments) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    (parsed,) = parse_dataclasses((GuardBenchArguments,), prog="python -m bench.bench_guard")
-    try:
-        main(parsed)
-    except ValueError as err:
-        print(f"bench_guard: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main, GuardBenchArguments, "python -m bench.bench_guard")

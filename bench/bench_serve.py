@@ -46,7 +46,7 @@ import torch
 import transformers
 
 from bench.bench_streaming import _int_list, machine_info
-from utils.cli import parse_dataclasses
+from utils.cli import require_at_least, require_positive, run_entry_point
 from utils.io_utils import atomic_write, read_json, write_json
 
 NEVER = 10**9  # a k no stream reaches: the benchmark never stops a stream
@@ -80,10 +80,8 @@ def check_args(args: ServeBenchArguments) -> tuple[list[int], list[int]]:
     """
     levels = _int_list(args.levels, "--levels")
     baseline = _int_list(args.baseline_levels, "--baseline-levels") if args.baseline_levels else []
-    if args.deltas_per_second <= 0:
-        raise ValueError(f"--deltas-per-second must be > 0, got {args.deltas_per_second}")
-    if args.response_words < 1:
-        raise ValueError(f"--response-words must be >= 1, got {args.response_words}")
+    require_positive(args, "deltas_per_second")
+    require_at_least(args, 1, "response_words")
     return levels, baseline
 
 
@@ -274,9 +272,4 @@ def main(args: ServeBenchArguments) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    (parsed,) = parse_dataclasses((ServeBenchArguments,), prog="python -m bench.bench_serve")
-    try:
-        main(parsed)
-    except ValueError as err:
-        print(f"bench_serve: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main, ServeBenchArguments, "python -m bench.bench_serve")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -40,7 +39,7 @@ from transformers import LlamaConfig
 
 from model.modeling_qwen4dual_2CE_w_logic import SCMConfig, SCMModel
 from serve.monitor import StreamingMonitor, score_offline
-from utils.cli import parse_dataclasses
+from utils.cli import require_at_least, run_entry_point
 from utils.decision_rules import DelayK
 from utils.evaluation.outputs import portable_path
 from utils.io_utils import atomic_write, write_json
@@ -87,14 +86,8 @@ def check_args(args: BenchArguments) -> tuple[list[int], list[int]]:
     """
     lengths = _int_list(args.prefix_lengths, "--prefix-lengths")
     batches = _int_list(args.batch_sizes, "--batch-sizes")
-    for name in ("steps", "rescore_repeats"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("warmup", "rescore_warmup"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    require_at_least(args, 1, "steps", "rescore_repeats", "threads")
+    require_at_least(args, 0, "warmup", "rescore_warmup")
     return lengths, batches
 
 
@@ -247,9 +240,4 @@ def _run(args: BenchArguments, lengths: list[int], batches: list[int]) -> dict[s
 
 
 if __name__ == "__main__":
-    (parsed,) = parse_dataclasses((BenchArguments,), prog="python -m bench.bench_streaming")
-    try:
-        main(parsed)
-    except ValueError as err:
-        print(f"bench_streaming: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main, BenchArguments, "python -m bench.bench_streaming")

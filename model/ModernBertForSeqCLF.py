@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
+from model.backbone import build_on_backbone, keep_attention
 from model.modeling_qwen4dual_2CE_w_logic import LABEL_NAMES
 
 
@@ -63,10 +64,13 @@ class EncoderForSequenceClassification(PreTrainedModel):
     _supports_attention_backend = True
 
     def __init__(self, config: EncoderClassifierConfig, encoder: PreTrainedModel | None = None) -> None:
+        # PreTrainedModel.__init__ may reset the sub-config's attention implementation (model/backbone.py).
+        requested = (encoder.config if encoder is not None else config.encoder_config)._attn_implementation
         super().__init__(config)
         self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config)
         self.classifier = nn.Linear(config.encoder_config.hidden_size, 2, bias=False)
         self.post_init()
+        keep_attention(self.encoder, requested, config._attn_implementation)
 
     def _init_weights(self, module: nn.Module) -> None:
         if module is self.classifier:
@@ -76,23 +80,19 @@ class EncoderForSequenceClassification(PreTrainedModel):
     def from_encoder(
         cls, encoder_path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None
     ) -> "EncoderForSequenceClassification":
-        """Build a fresh classifier from a pretrained encoder folder (classifier newly initialised).
+        """Build a fresh classifier from a pretrained encoder folder (classifier newly initialised, in the encoder's
+        dtype; :func:`model.backbone.build_on_backbone`).
+
+        Args:
+            encoder_path: a local HF encoder folder.
+            dtype: weights dtype; None keeps the checkpoint's default (fp32).
+            attn_implementation: e.g. ``sdpa``, ``eager``, ``flash_attention_2``.
 
         Raises:
             OSError: when the folder does not hold a loadable model.
         """
-        kwargs: dict[str, Any] = {}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        encoder = AutoModel.from_pretrained(encoder_path, **kwargs)
-        # Building the composite config resets the (shared) encoder config's attention implementation.
-        attn = encoder.config._attn_implementation
-        model = cls(EncoderClassifierConfig(encoder_config=encoder.config), encoder=encoder)
-        model.encoder.config._attn_implementation = attn
-        model.classifier.to(encoder.dtype)
-        return model
+        return build_on_backbone(cls, encoder_path, lambda config: EncoderClassifierConfig(encoder_config=config),
+                                 dtype=dtype, attn_implementation=attn_implementation)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.get_input_embeddings()

@@ -1,4 +1,7 @@
-"""Models: the SCM dual-head monitor, the encoder baseline classifier and the streaming runtime.
+"""Models: the SCM dual-head monitor and the encoder baseline classifier, both built around an ``AutoModel`` backbone
+(``model/backbone.py``); beside them the lexical floor (``model/lexical.py``), the offline default assets
+(``model/assets.py``) and the checkpoint converter (``model/convert_checkpoint.py``). The streaming runtime that
+serves these models is ``serve/``.
 
 Importing this package registers both model types with ``AutoConfig``/``AutoModel``, so checkpoints load through
 the auto classes without ``trust_remote_code``.

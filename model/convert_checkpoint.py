@@ -1,4 +1,5 @@
-"""Convert between the paper code's released SCM checkpoints and this project's SCM checkpoints, both ways.
+"""Convert between the paper code's released SCM checkpoints and this project's SCM checkpoints, both ways, and
+upgrade this project's own early SCM folders.
 
 The paper's authors released SCM-0.5B / 1.5B / 7B (Qwen2.5 backbones) in the layout of their code's dual-task model
 (``QwenForDualTask`` in their ``model/modeling_qwen4dual_2CE_w_logic.py``, loaded there with remote code):
@@ -32,20 +33,30 @@ Commands::
     python -m model.convert_checkpoint SCM-0.5B scm-0.5b --theta 0.5 --delay-k 1
     # back to the paper code's layout, for sharing a checkpoint trained here (Qwen2 backbones only)
     python -m model.convert_checkpoint runs/scm-0.5b scm-0.5b-paper-layout
+    # an SCM folder of this project whose config.json lacks holistic_pooling or max_prompt_tokens (trained before
+    # they existed): the same weights, with the rule it was trained with and its data's prompt cut recorded
+    python -m model.convert_checkpoint runs/old-scm runs/old-scm-upgraded --direction upgrade
 
 The direction is read from SRC's ``config.json`` (``model_type: scm`` -> paper layout, else -> SCM);
-``--direction`` forces it. DST is written beside its final place and renamed into place only when complete.
+``--direction`` forces it (``upgrade`` is never guessed). DST is written beside its final place and renamed into
+place only when complete.
+
+Upgrade: SCM folders saved before ``holistic_pooling`` existed were trained with their holistic head at the last
+attended position (the EOS), so ``upgrade`` records ``holistic_pooling: last-attended``; folders saved before
+``max_prompt_tokens`` existed get the prompt cut of their training data, read from the ``training_summary.json``
+beside them (its data meta; none: whole prompts). The loaders read neither from anywhere else: loaded without
+the upgrade, such a folder would pool at the paper's position and be served whole prompts.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from utils.cli import require_at_least
 from utils.io_utils import DataFormatError, read_json, staged_output_dir, write_json
 
 PAPER_ARCHITECTURE = "QwenForDualTask"
@@ -57,7 +68,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_NAME = "model.safetensors.index.json"
-DIRECTIONS = ("auto", "to-scm", "to-paper")
+SUMMARY_NAME = "training_summary.json"
+DIRECTIONS = ("auto", "to-scm", "to-paper", "upgrade")
 # Paper name prefix -> project name prefix (the reverse direction swaps them).
 PAPER_TO_SCM = (("model.", "backbone."), ("token_classifier.", "token_scorer.1."),
                 ("sequence_classifier.", "holistic_scorer."))
@@ -332,6 +344,62 @@ def _dst_names(files: list[Path]) -> set[str]:
     return {"config.json", "model.safetensors", INDEX_NAME, *TOKENIZER_FILES, *(f.name for f in files)}
 
 
+# ---------------------------------------------------------------------------------------------------- upgrade
+
+
+def summary_prompt_cut(folder: Path) -> Optional[int]:
+    """The prompt cut of the data a checkpoint was trained on, from the ``training_summary.json`` beside it (its
+    data's ``meta.max_prompt_tokens``); None (whole prompts) without one. A run mixing several data folders records
+    one meta per folder: they agree (training refuses otherwise)."""
+    path = folder / SUMMARY_NAME
+    if not path.is_file():
+        return None
+    meta = (read_json(path).get("data") or {}).get("meta") or {}
+    metas = meta if isinstance(meta, list) else [meta]
+    return next((m.get("max_prompt_tokens") for m in metas if isinstance(m, dict)), None)
+
+
+def upgrade(src: Path, dst: Path) -> dict[str, Any]:
+    """This project's SCM folder saved before ``holistic_pooling`` / ``max_prompt_tokens`` existed -> the same
+    weights, tokenizer and training summary with both recorded in ``config.json`` (see the module docstring).
+
+    Returns:
+        What was done (``note`` names the fields added).
+
+    Raises:
+        ConversionError: SRC is not an SCM folder, or already records both fields.
+    """
+    from safetensors import safe_open
+
+    config = read_config(src)
+    if config.get("model_type") != "scm":
+        raise ConversionError(f"{src / 'config.json'} has model_type {config.get('model_type')!r}; --direction "
+                              f"upgrade takes this project's SCM folders (model_type 'scm')")
+    added: dict[str, Any] = {}
+    if "holistic_pooling" not in config:
+        added["holistic_pooling"] = "last-attended"  # the rule every SCM checkpoint was trained with before the field
+    if "max_prompt_tokens" not in config:
+        added["max_prompt_tokens"] = summary_prompt_cut(src)
+    if not added:
+        raise ConversionError(f"{src / 'config.json'} already records holistic_pooling and max_prompt_tokens: "
+                              f"nothing to upgrade; load the folder as it is")
+    files = weight_files(src)
+    tensors = 0
+    with staged_output_dir(dst, _dst_names(files) | {SUMMARY_NAME}) as tmp:
+        for path in files:
+            with safe_open(str(path), framework="pt") as handle:
+                tensors += len(handle.keys())
+            shutil.copyfile(path, tmp / path.name)
+        for name in (INDEX_NAME, SUMMARY_NAME):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        write_json(tmp / "config.json", {**config, **added})
+        copied = copy_tokenizer(src, tmp)
+    recorded = ", ".join(f"{key}={value!r}" for key, value in added.items())
+    return {"direction": "upgrade", "tensors": tensors, "shards": len(files), "tokenizer_files": copied,
+            "note": f"recorded {recorded} in config.json"}
+
+
 # -------------------------------------------------------------------------------------------------------- CLI
 
 
@@ -341,16 +409,17 @@ class ConvertArguments:
 
     src: str = field(metadata={"help": "Checkpoint folder to convert (config.json + *.safetensors + tokenizer)."})
     dst: str = field(metadata={"help": "Folder to write (replaced as a whole; must be new or a converter output)."})
-    direction: str = field(default="auto", metadata={"help": "to-scm, to-paper, or auto (from SRC's model_type).",
-                                                     "choices": list(DIRECTIONS)})
+    direction: str = field(default="auto", metadata={
+        "help": "to-scm, to-paper, auto (from SRC's model_type), or upgrade (this project's SCM folder saved before "
+                "config.json recorded holistic_pooling and max_prompt_tokens).",
+        "choices": list(DIRECTIONS)})
     theta: float = field(default=0.5, metadata={"help": "to-scm: the checkpoint's default harmful-token threshold."})
     delay_k: int = field(default=1, metadata={"help": "to-scm: the checkpoint's default delay-k."})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.theta <= 1.0:
             raise ValueError(f"--theta must be in [0, 1], got {self.theta}")
-        if self.delay_k < 1:
-            raise ValueError(f"--delay-k must be >= 1, got {self.delay_k}")
+        require_at_least(self, 1, "delay_k")
 
 
 def main(args: ConvertArguments) -> dict[str, Any]:
@@ -368,7 +437,12 @@ def main(args: ConvertArguments) -> dict[str, Any]:
     direction = args.direction
     if direction == "auto":
         direction = "to-paper" if read_config(src).get("model_type") == "scm" else "to-scm"
-    summary = to_scm(src, dst, args.theta, args.delay_k) if direction == "to-scm" else to_paper(src, dst)
+    if direction == "to-scm":
+        summary = to_scm(src, dst, args.theta, args.delay_k)
+    elif direction == "to-paper":
+        summary = to_paper(src, dst)
+    else:
+        summary = upgrade(src, dst)
     print(f"[convert_checkpoint] {args.src} -> {args.dst} ({summary['direction']}: {summary['tensors']} tensors "
           f"from {summary['shards']} file(s), tokenizer files: {', '.join(summary['tokenizer_files']) or 'none'})",
           file=sys.stderr)

@@ -27,6 +27,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from utils.cli import require_at_least, require_positive
+
 MODEL_TYPE = "scm-lexical"
 TASK = "lexical"
 CONFIG_NAME = "config.json"
@@ -59,16 +61,11 @@ class LexicalSettings:
         """Raises ValueError naming the flag when a setting is out of range."""
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError(f"--ngram-min {self.ngram_min} / --ngram-max {self.ngram_max}: need 1 <= min <= max")
-        if self.min_df < 1:
-            raise ValueError(f"--min-df must be >= 1, got {self.min_df}")
-        if self.max_features is not None and self.max_features < 1:
-            raise ValueError(f"--max-features must be >= 1 (or left out), got {self.max_features}")
-        if not self.C > 0:
-            raise ValueError(f"--C must be > 0, got {self.C}")
+        require_at_least(self, 1, "min_df", "max_iter")
+        require_at_least(self, 1, "max_features", hint="or left out")
+        require_positive(self, "C")
         if self.class_weight not in CLASS_WEIGHTS:
             raise ValueError(f"--class-weight {self.class_weight!r}: use one of {', '.join(CLASS_WEIGHTS)}")
-        if self.max_iter < 1:
-            raise ValueError(f"--max-iter must be >= 1, got {self.max_iter}")
 
 
 def vectorizer_config(settings: LexicalSettings) -> dict[str, Any]:

@@ -20,21 +20,20 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
+from model.backbone import build_on_backbone, keep_attention
 from utils.logic_consistency_loss import LogicConsistencyLoss
-
-logger = logging.get_logger(__name__)
 
 LABEL_NAMES = ("benign", "harmful")
 # Where the holistic head reads the sequence (``SCMConfig.holistic_pooling``):
 # - "last-non-pad", the paper's: the last attended position whose id is not the pad id. Qwen2.5's and SmolLM2's pad
 #   token is their EOS, so the EOS that data processing appends counts as padding and the head reads the last
 #   response token before it (a final "\n").
-# - "last-attended", the project's rule before it followed the paper: the last attended position (the EOS itself).
+# - "last-attended": the last attended position, the EOS itself (``--holistic-pooling last-attended`` trains so).
 PAPER_POOLING = "last-non-pad"
-LEGACY_POOLING = "last-attended"
-POOLING_RULES = (PAPER_POOLING, LEGACY_POOLING)
+LAST_ATTENDED_POOLING = "last-attended"
+POOLING_RULES = (PAPER_POOLING, LAST_ATTENDED_POOLING)
 
 
 class SCMConfig(PreTrainedConfig):
@@ -53,8 +52,7 @@ class SCMConfig(PreTrainedConfig):
         scorer: which head scores prefixes at inference by default: ``token`` or ``holistic``.
         task: ``scm`` or ``qwen-full`` (what the checkpoint was trained as; evaluation scripts check it).
         holistic_pooling: where the holistic head reads a sequence (:func:`holistic_index`): ``last-non-pad`` (the
-            paper's, default) or ``last-attended``. A ``config.json`` written before the field existed loads as
-            ``last-attended``, the rule such checkpoints were trained with.
+            paper's, default) or ``last-attended``.
         pooling_pad_token_id: the id ``last-non-pad`` treats as padding (training sets the tokenizer's pad token,
             else its EOS, as the paper's code does); None takes the backbone config's ``pad_token_id``, and when
             that is None too, no id counts as padding.
@@ -102,20 +100,6 @@ class SCMConfig(PreTrainedConfig):
             backbone = self.backbone_config
             self.pooling_pad_token_id = (backbone.get("pad_token_id") if isinstance(backbone, dict)
                                          else getattr(backbone, "pad_token_id", None))
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "SCMConfig":
-        """Build from a ``config.json`` dict; a checkpoint saved before ``holistic_pooling`` existed was trained
-        and evaluated at the last attended position, so it keeps that rule (recorded, with a warning)."""
-        if config_dict.get("model_type") == cls.model_type and "holistic_pooling" not in config_dict \
-                and "holistic_pooling" not in kwargs:
-            logger.warning(
-                f"this SCM checkpoint predates the holistic_pooling field: its holistic head reads the last attended "
-                f"position ({LEGACY_POOLING!r}), the rule it was trained with; new checkpoints use the paper's "
-                f"{PAPER_POOLING!r} (retrain to switch)"
-            )
-            config_dict = {**config_dict, "holistic_pooling": LEGACY_POOLING}
-        return super().from_dict(config_dict, **kwargs)
 
     def get_text_config(self, decoder=None, encoder=None):  # noqa: D401 - HF hook
         """The backbone's config is the text config (generation, cache and attention code look here)."""
@@ -206,7 +190,7 @@ def holistic_index(
     if rule not in POOLING_RULES:
         raise ValueError(f"holistic pooling rule must be one of {', '.join(POOLING_RULES)}, got {rule!r}")
     fallback = last_token_index(attention_mask)
-    if rule == LEGACY_POOLING or input_ids is None or pad_token_id is None:
+    if rule == LAST_ATTENDED_POOLING or input_ids is None or pad_token_id is None:
         return fallback
     real = attention_mask.bool() & (input_ids != pad_token_id)
     positions = torch.arange(real.shape[-1], device=real.device).expand_as(real)
@@ -237,14 +221,12 @@ class SCMModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
-    # Reports per-loss values to hf-mtask-trainer (see utils/trainer.py).
+    # Reports per-loss values to hf-mtask-trainer (see train/training.py).
     supports_report_metrics = True
 
     def __init__(self, config: SCMConfig, backbone: PreTrainedModel | None = None) -> None:
-        # PreTrainedModel.__init__ resets the sub-config's attention implementation; keep the one the backbone was
-        # loaded with (else transformers falls back to eager attention with a warning).
-        source = backbone.config if backbone is not None else config.backbone_config
-        requested = getattr(source, "_attn_implementation", None)
+        # PreTrainedModel.__init__ may reset the sub-config's attention implementation (model/backbone.py).
+        requested = (backbone.config if backbone is not None else config.backbone_config)._attn_implementation
         super().__init__(config)
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         hidden = config.backbone_config.hidden_size
@@ -252,10 +234,7 @@ class SCMModel(PreTrainedModel):
         self.holistic_scorer = nn.Linear(hidden, 2, bias=False)
         self.logic_loss_fn = LogicConsistencyLoss(2, reduce=config.logic_reduce, reduction="mean")
         self.post_init()
-        if requested is not None:
-            self.backbone.config._attn_implementation = requested
-        elif self.backbone.config._attn_implementation is None:
-            self.backbone.config._attn_implementation = config._attn_implementation or "sdpa"
+        keep_attention(self.backbone, requested, config._attn_implementation)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only the heads are ours; the backbone's modules are dispatched to its own _init_weights by HF.
@@ -272,7 +251,8 @@ class SCMModel(PreTrainedModel):
         attn_implementation: str | None = None,
         **config_kwargs: Any,
     ) -> "SCMModel":
-        """Build a fresh SCM from a pretrained backbone folder (heads newly initialised).
+        """Build a fresh SCM from a pretrained backbone folder (heads newly initialised, in the backbone's dtype;
+        :func:`model.backbone.build_on_backbone`).
 
         Args:
             backbone_path: a local HF model folder (a causal LM or its base model).
@@ -283,21 +263,8 @@ class SCMModel(PreTrainedModel):
         Raises:
             OSError: when the folder does not hold a loadable model.
         """
-        kwargs: dict[str, Any] = {}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        backbone = AutoModel.from_pretrained(backbone_path, **kwargs)
-        # Building the composite config resets the (shared) backbone config's attention implementation.
-        attn = backbone.config._attn_implementation
-        config = SCMConfig(backbone_config=backbone.config, **config_kwargs)
-        model = cls(config, backbone=backbone)
-        model.backbone.config._attn_implementation = attn
-        # The heads are created in fp32 by __init__; match the backbone.
-        model.token_scorer.to(backbone.dtype)
-        model.holistic_scorer.to(backbone.dtype)
-        return model
+        return build_on_backbone(cls, backbone_path, lambda config: SCMConfig(backbone_config=config, **config_kwargs),
+                                 dtype=dtype, attn_implementation=attn_implementation)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the paper's claim on real responses (../shared/data/realmix, never copied into the project):
-# process realmix for each tokenizer, train SCM and the full-detection baseline on SmolLM2-135M and the encoder
-# baseline on MiniLM, evaluate each in full and partial mode, and write one Table-2-style report.
+# Reproduce the paper's claim on real responses (../shared/data/realmix2 by default, or realmix; never copied into
+# the project): process the data for each tokenizer, train SCM and the full-detection baseline on SmolLM2-135M and
+# the encoder baseline on MiniLM, evaluate each in full and partial mode, and write one Table-2-style report.
 #
 #   bash scripts/run-realmix.sh                 # CPU recipe (see BUDGET below), ~2 h on 2 idle cores once the
 #                                               # frozen-prefix cache exists (built once, see results/recipe-ablation)
@@ -11,18 +11,19 @@
 #   REALMIX=/path/to/realmix OUT=results/realmix bash scripts/run-realmix.sh
 #   RECIPE=my-flags.sh bash scripts/run-realmix.sh  # a recipe file of one's own (the arrays below)
 #
-# BUDGET names the training flags, in scripts/recipes/realmix-$BUDGET.sh (each says what it is; RECIPE=FILE names
-# another): cpu, the CPU recipe of results/recipe-ablation/README.md, which is views-1ep (one epoch of SmolLM2 with
-# the lower 24 of its 30 blocks frozen, read through a kept cache, on both views of every training example: the
-# response alone, which is served, and the response after the last 64 prompt tokens); prompt-3ep, three epochs on
-# the prompt-reading view alone (the default recipe until 2026-11-30); prompt-1ep, the same with one epoch;
-# response-1ep, one epoch on the response alone; cpu-v1, the first reduced budget (the results before the recipe
-# ablation); full, the paper's. A recipe sets DATA_FLAGS / ENCODER_DATA_FLAGS (run-data.sh flags for SmolLM2 /
-# MiniLM), CAUSAL_FLAGS (run-scm.sh and run-qwen-full.sh training flags), ENCODER_FLAGS (run-modernbert-full.sh
-# training flags) and may set EXTRA_VIEW_FLAGS (run-data.sh flags of a second view the causal models also train on).
+# BUDGET names the training flags, in scripts/recipes/$DATASET-$BUDGET.sh (each says what it is; RECIPE=FILE names
+# another). On realmix2, the default data: cpu, one epoch of SmolLM2 (the lower 24 of its 30 blocks frozen, read
+# through a kept cache) on 6,000 responses alone, sized for 2 CPU cores; full, the paper's. On realmix
+# (REALMIX=../shared/data/realmix): cpu, the CPU recipe of results/recipe-ablation/README.md (one epoch of the same
+# frozen SmolLM2 on both views of every training example: the response alone, which is served, and the response
+# after the last 64 prompt tokens); prompt-3ep, three epochs on the prompt-reading view alone; response-1ep, one
+# epoch on the response alone; full, the paper's. A recipe sets DATA_FLAGS / ENCODER_DATA_FLAGS (run-data.sh flags
+# for SmolLM2 / MiniLM), CAUSAL_FLAGS (run-scm.sh and run-qwen-full.sh training flags), ENCODER_FLAGS
+# (run-modernbert-full.sh training flags) and may set EXTRA_VIEW_FLAGS (run-data.sh flags of a second view the causal
+# models also train on) and ENCODER_PARTIAL_FLAGS (run-modernbert-partial.sh test flags).
 #
 # Finished steps are skipped, never reused wrongly: processed folders go to $PROCESSED (default .cache/data) under
-# names fingerprinting realmix, the tokenizer and the flags; models go to $RUNS (default runs/realmix/$BUDGET), each
+# names fingerprinting the data, the tokenizer and the flags; models go to $RUNS (default runs/$DATASET/$BUDGET), each
 # beside a NAME.command file with the command that trained it (a model trained by another command is refused, with
 # the fix); an evaluation in $OUT is kept only when it is newer than its model and records that model and folder.
 # SMOL / MINILM override the backbones (tests use tiny ones).

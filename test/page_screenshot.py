@@ -15,13 +15,12 @@ Commands::
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.cli import parse_dataclasses
+from utils.cli import run_entry_point
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags that work in this sandboxed, offline environment (no GPU, no network, no first-run UI).
@@ -120,9 +119,4 @@ def main(args: ScreenshotArguments) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    (parsed,) = parse_dataclasses((ScreenshotArguments,), prog="python -m test.page_screenshot")
-    try:
-        main(parsed)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"page_screenshot: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main, ScreenshotArguments, "python -m test.page_screenshot", errors=(ValueError, FileNotFoundError))

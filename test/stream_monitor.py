@@ -10,11 +10,16 @@ guard stops. File mode (``--input FILE.jsonl``, one ``{"prompt": ..., "response"
 response through the text guard in chunks. Either way the report says where and why the stream stopped: response
 token index, token, score, running count and the rule.
 
+The operating point is the one the checkpoint's evaluation recorded in its ``operating_point.json`` (``bash
+scripts/run-scm.sh test ...`` writes it), unless ``--theta``/``--k``/``--scorer`` or ``--operating-point`` say
+otherwise; without that file, the training default with a warning. The first line printed says which and whence.
+
 Commands::
 
     bash scripts/run-stream.sh --model-path runs/scm-default --prompt "How do I pick a lock?"
     python -m test.stream_monitor --model-path runs/scm-default --prompt "How do I pick a lock?" --theta 0.7 --k 3
     python -m test.stream_monitor --model-path CKPT --prompt "..." --do-sample --seed 7 --max-new-tokens 200
+    python -m test.stream_monitor --model-path CKPT --prompt "..." --operating-point budget   # the false-stop budget
     python -m test.stream_monitor --model-path CKPT --prompt "..." --generator /path/to/other-causal-lm
     python -m test.stream_monitor --model-path CKPT --input pairs.jsonl --rule consecutive-n --k 2 \
         --output-file runs/stream/pairs-results.json
@@ -35,7 +40,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria,
 
 from serve.monitor import PushResult, StreamingMonitor, StreamLengthError, resolve_dtype
 from serve.generate import MonitorStoppingCriteria
-from utils.cli import parse_dataclasses
+from utils.cli import require_at_least, run_entry_point
 from utils.io_utils import DataFormatError, read_jsonl, write_json
 from serve.text_guard import STOP_NOTICE, TextStreamGuard
 from serve.operating_point_args import OperatingPointArguments
@@ -83,10 +88,8 @@ def check_args(args: StreamMonitorArguments) -> None:
     if (args.prompt is None) == (args.input is None):
         raise ValueError("pass exactly one of --prompt TEXT (generate and monitor) or --input FILE.jsonl "
                          "(monitor given prompt/response pairs)")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.chunk_chars < 0:
-        raise ValueError(f"--chunk-chars must be >= 0 (0 = random chunk sizes), got {args.chunk_chars}")
+    require_at_least(args, 1, "max_new_tokens")
+    require_at_least(args, 0, "chunk_chars", hint="0 = random chunk sizes")
     if args.do_sample and not (args.temperature > 0 and 0 < args.top_p <= 1):
         raise ValueError("--temperature must be > 0 and --top-p in (0, 1] when sampling")
     if args.input is not None and not Path(args.input).is_file():
@@ -416,12 +419,20 @@ def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, An
     """
     check_args(args)
     device = _device(args.device)
+    # Flags > the checkpoint's operating_point.json > its training default (serve/operating_point.py).
     monitor = StreamingMonitor.from_pretrained(args.model_path, theta=args.theta, k=args.k, rule=args.rule,
-                                               scorer=args.scorer, device=device, dtype=args.dtype)
+                                               scorer=args.scorer, device=device, dtype=args.dtype,
+                                               operating_point=args.operating_point,
+                                               max_benign_stop_rate=args.max_benign_stop_rate)
     if monitor.tokenizer is None:
         raise ValueError(f"{args.model_path} holds no tokenizer files; save the tokenizer into the checkpoint")
+    served = monitor.operating_point
     report: dict[str, Any] = {"model_path": args.model_path, "operating_point": monitor.describe(),
-                              "arguments": asdict(args)}
+                              "operating_point_source": served.public(), "arguments": asdict(args)}
+    if served.warning:
+        print(f"warning: {served.warning}", file=sys.stderr)
+    if not args.quiet:
+        out.write(f"[operating point] {served.description}\n")
     if args.input is not None:
         results = monitor_pairs(monitor, args, out)
     else:
@@ -453,12 +464,7 @@ def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, An
 
 
 if __name__ == "__main__":
-    (parsed,) = parse_dataclasses((StreamMonitorArguments,), prog=SCRIPT)
-    try:
-        outcome = main(parsed)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{SCRIPT}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    outcome = run_entry_point(main, StreamMonitorArguments, SCRIPT, errors=(ValueError, FileNotFoundError))
     if outcome["failed_records"]:
         print(f"{SCRIPT}: records {outcome['failed_records']} could not be monitored to the end (see above)",
               file=sys.stderr)

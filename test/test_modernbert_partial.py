@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from utils.cli import parse_dataclasses
+from utils.cli import parse_dataclasses, require_at_least
 from utils.evaluation.scoring import ENCODER_TASKS, EvalArguments, run_evaluation, score_encoder_prefixes
 
 SCRIPT = "test.test_modernbert_partial"
@@ -56,8 +56,7 @@ def main(args: EncoderPartialArguments) -> dict[str, Any]:
         FileNotFoundError / DataFormatError: missing or malformed checkpoint or data.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.buffer_batches < 1:
-        raise ValueError(f"--buffer-batches must be >= 1, got {args.buffer_batches}")
+    require_at_least(args, 1, "buffer_batches")
     return run_evaluation(
         args,
         script=SCRIPT,

@@ -38,7 +38,7 @@ import torch
 import transformers
 
 from serve.monitor import StreamingMonitor, score_offline
-from utils.cli import parse_dataclasses
+from utils.cli import require_at_least, require_positive, run_entry_point
 from utils.io_utils import DataFormatError, write_json
 from utils.data.processed_data import check_vocabulary, load_meta, load_split, split_path
 
@@ -88,15 +88,10 @@ def check_args(args: VerifyArguments) -> list[str]:
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"--splits: unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    for name in ("batch_streams", "max_chunk"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1 (or left out for the whole split), got {args.limit}")
-    if not args.tolerance > 0:
-        raise ValueError(f"--tolerance must be > 0, got {args.tolerance}")
-    if args.max_length is not None and args.max_length < 2:
-        raise ValueError(f"--max-length must be >= 2, got {args.max_length}")
+    require_at_least(args, 1, "batch_streams", "max_chunk")
+    require_at_least(args, 1, "limit", hint="or left out for the whole split")
+    require_positive(args, "tolerance")
+    require_at_least(args, 2, "max_length")
     return splits
 
 
@@ -245,12 +240,8 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 if __name__ == "__main__":
-    (parsed,) = parse_dataclasses((VerifyArguments,), prog="python -m test.verify_streaming")
-    try:
-        result = main(parsed)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"verify_streaming: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    result = run_entry_point(main, VerifyArguments, "python -m test.verify_streaming",
+                             errors=(ValueError, FileNotFoundError))
     print(json.dumps({k: v for k, v in result.items() if k != "arguments"}, indent=2))
     print("\n".join(_summary_lines(result)))
     sys.exit(0 if result["passed"] else 1)

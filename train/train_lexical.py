@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from model.lexical import FILE_NAMES, LexicalDetector, LexicalSettings
-from utils.cli import parse_dataclasses
+from utils.cli import parse_dataclasses, require_at_least
 from utils.io_utils import staged_output_dir, write_json
 
 logger = logging.getLogger("train_lexical")
@@ -90,10 +90,8 @@ def main(data_args: LexicalDataArguments, settings: LexicalSettings) -> Path:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.check()
-    if data_args.limit_train is not None and data_args.limit_train < 1:
-        raise ValueError(f"--limit-train must be >= 1 (or left out), got {data_args.limit_train}")
-    if data_args.max_length < 2:
-        raise ValueError(f"--max-length must be >= 2, got {data_args.max_length}")
+    require_at_least(data_args, 1, "limit_train", hint="or left out")
+    require_at_least(data_args, 2, "max_length")
     started = time.perf_counter()
     source = tokenizer_source(data_args.data_dir, data_args.tokenizer_path)
     tokenizer = load_tokenizer(source)

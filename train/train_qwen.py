@@ -44,7 +44,7 @@ from train.training import CommonModelArguments, PaperTrainingArguments, load_to
 
 logger = logging.getLogger("train_qwen")
 
-# The paper's fixed loss weights per task (DESIGN: SCM alpha 0.6, gamma 1; Qwen full detection alpha 0, gamma 0).
+# The paper's fixed loss weights per task (its code: SCM alpha 0.6, gamma 1; Qwen full detection alpha 0, gamma 0).
 TASK_LOSS_WEIGHTS = {"scm": (0.6, 1.0), "qwen-full": (0.0, 0.0)}
 
 

@@ -33,6 +33,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from train.frozen_prefix import transformer_blocks
+from utils.cli import require_at_least
 from utils.io_utils import write_json
 from train.speedups import TrainingSpeedups
 
@@ -93,8 +94,7 @@ def truncate_records(
     Returns:
         ``(records, n_truncated)``; records that fit are returned unchanged.
     """
-    if max_length < 2:
-        raise ValueError(f"--max-length must be at least 2, got {max_length}")
+    require_at_least({"max_length": max_length}, 2, "max_length")
     out, truncated = [], 0
     for record in records:
         if len(record["input_ids"]) <= max_length:

@@ -1,4 +1,5 @@
-# The paper's budget (3 epochs, whole prompts, every block trained, up to 4,096 tokens): a GPU run.
+# The paper's budget on realmix (BUDGET=full of run-realmix.sh with REALMIX=../shared/data/realmix): 3 epochs, whole
+# prompts, every block trained, up to 4,096 tokens: a GPU run.
 # shellcheck shell=bash disable=SC2034
 DATA_FLAGS=()
 # MiniLM has 512 positions (ModernBERT, the paper's encoder, has 8,192): keep its inputs within them.

@@ -1,7 +1,8 @@
 """model/convert_checkpoint.py on tiny synthetic checkpoints written in the paper code's layout: the converted model
 gives the scores of a reference forward written here (the paper's rule: token head on every position, holistic head
 at the last non-pad token, so an appended EOS that is the pad token is skipped), shards and tokenizer are handled,
-nothing from SRC runs, pickles are refused, and the reverse direction restores the original tensors."""
+nothing from SRC runs, pickles are refused, and the reverse direction restores the original tensors; an early
+project folder is upgraded with the rule and prompt cut it was trained with."""
 
 from __future__ import annotations
 
@@ -176,6 +177,58 @@ def test_reverse_refuses_a_non_qwen2_backbone(tmp_path):
         main(ConvertArguments(src=str(folder), dst=str(tmp_path / "out")))
 
 
+def _old_project_folder(folder, summary_meta=None):
+    """A tiny SCM folder as this project saved them before config.json recorded holistic_pooling and
+    max_prompt_tokens (with a training summary holding ``summary_meta`` as its data meta, when given)."""
+    from model.assets import smollm2_path
+    from tests.tiny_checkpoints import build_tiny_scm
+
+    build_tiny_scm(folder, smollm2_path())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(
+        {k: v for k, v in config.items() if k not in ("holistic_pooling", "max_prompt_tokens")}))
+    if summary_meta is not None:
+        (folder / "training_summary.json").write_text(json.dumps({"data": {"meta": summary_meta}, "best": 0.1}))
+    return folder
+
+
+@pytest.mark.parametrize("meta, cut", [({"max_prompt_tokens": 4}, 4), ([{"max_prompt_tokens": 0}] * 2, 0),
+                                       (None, None)])
+def test_upgrade_records_what_an_old_project_folder_was_trained_with(tmp_path, capsys, meta, cut):
+    from serve.monitor import StreamingMonitor
+
+    src = _old_project_folder(tmp_path / "old", meta)
+    assert run([str(src), str(tmp_path / "new"), "--direction", "upgrade"]) == 0
+    assert f"recorded holistic_pooling='last-attended', max_prompt_tokens={cut!r}" in capsys.readouterr().err
+    dst = tmp_path / "new"
+    config = json.loads((dst / "config.json").read_text())
+    assert (config["holistic_pooling"], config["max_prompt_tokens"]) == ("last-attended", cut)
+    assert (dst / "training_summary.json").exists() == (meta is not None)
+    old_weights = SCMModel.from_pretrained(src).state_dict()
+    new_model = SCMModel.from_pretrained(dst)
+    assert new_model.config.holistic_pooling == "last-attended"
+    assert all(torch.equal(tensor, old_weights[name]) for name, tensor in new_model.state_dict().items())
+    monitor = StreamingMonitor.from_pretrained(dst, device="cpu")
+    assert monitor.max_prompt_tokens == cut
+    assert AutoTokenizer.from_pretrained(dst)("Hello")["input_ids"] == AutoTokenizer.from_pretrained(src)("Hello")[
+        "input_ids"]
+
+
+def test_upgrade_keeps_a_recorded_rule_and_refuses_what_it_cannot_upgrade(tmp_path, qwen_tokenizer_dir):
+    src = _old_project_folder(tmp_path / "half", {"max_prompt_tokens": 64})
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "holistic_pooling": "last-non-pad"}))
+    summary = main(ConvertArguments(src=str(src), dst=str(tmp_path / "new"), direction="upgrade"))
+    assert summary["note"] == "recorded max_prompt_tokens=64 in config.json"
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["holistic_pooling"] == "last-non-pad"
+    with pytest.raises(ConversionError, match="already records holistic_pooling and max_prompt_tokens"):
+        main(ConvertArguments(src=str(tmp_path / "new"), dst=str(tmp_path / "again"), direction="upgrade"))
+    paper, _, _ = write_paper_checkpoint(tmp_path / "paper", qwen_tokenizer_dir)
+    with pytest.raises(ConversionError, match="model_type 'qwen2'; --direction upgrade takes this project's SCM"):
+        main(ConvertArguments(src=str(paper), dst=str(tmp_path / "o"), direction="upgrade"))
+    assert not (tmp_path / "again").exists() and not (tmp_path / "o").exists()
+
+
 def test_cli_arguments(capsys):
     args = parse_args(["a", "b", "--theta", "0.6"])
     assert (args.src, args.dst, args.theta, args.direction) == ("a", "b", 0.6, "auto")
@@ -184,3 +237,6 @@ def test_cli_arguments(capsys):
     assert "did you mean --theta" in capsys.readouterr().err
     assert run(["missing-src", "out"]) == 1
     assert "missing-src is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["a", "b", "--delay-k", "0"])
+    assert "--delay-k must be >= 1, got 0" in capsys.readouterr().err

@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModel, DynamicCache, LlamaConfig
 
 from model import SCMConfig, SCMModel
-from model.modeling_qwen4dual_2CE_w_logic import (LEGACY_POOLING, PAPER_POOLING, holistic_index, last_token_index,
-                                                   pooling_pad_id)
+from model.modeling_qwen4dual_2CE_w_logic import (LAST_ATTENDED_POOLING, PAPER_POOLING, holistic_index,
+                                                   last_token_index, pooling_pad_id)
 from utils.logic_consistency_loss import LogicConsistencyLoss
 
 from tests.tiny_models import tiny_qwen2_config
@@ -71,14 +71,14 @@ def test_paper_pooling_skips_an_eos_that_is_the_pad_token():
     # Qwen2.5 / SmolLM2: pad == EOS, so the appended EOS is padding and the head reads the token before it.
     ids, mask = _right_padded([[9, 5, 6, 7, EOS], [9, 5, 6, 7, 8, 3, EOS], [9, 4, EOS]], pad=PAD)
     assert holistic_index(ids, mask, PAPER_POOLING, PAD).tolist() == [3, 5, 1]
-    assert holistic_index(ids, mask, LEGACY_POOLING, PAD).tolist() == [4, 6, 2]
+    assert holistic_index(ids, mask, LAST_ATTENDED_POOLING, PAD).tolist() == [4, 6, 2]
 
 
 def test_paper_pooling_reads_the_eos_when_pad_differs():
     pad, eos = 99, 2
     ids, mask = _right_padded([[9, 5, 6, eos], [9, 5, 6, 7, 8, eos]], pad=pad)
     assert holistic_index(ids, mask, PAPER_POOLING, pad).tolist() == [3, 5]
-    assert holistic_index(ids, mask, LEGACY_POOLING, pad).tolist() == [3, 5]
+    assert holistic_index(ids, mask, LAST_ATTENDED_POOLING, pad).tolist() == [3, 5]
 
 
 def test_paper_pooling_without_an_appended_eos_reads_the_last_token():
@@ -124,22 +124,19 @@ def test_forward_pools_the_holistic_head_by_the_configured_rule():
     # The head at the last response token equals the head on the response alone (no EOS, no padding).
     alone = model(torch.tensor([[9, 5, 6, 7]])).sequence_logits
     torch.testing.assert_close(out.sequence_logits[:1], alone, atol=1e-5, rtol=1e-5)
-    model.config.holistic_pooling = LEGACY_POOLING
-    legacy = model(ids, attention_mask=mask).sequence_logits
-    torch.testing.assert_close(legacy, model.holistic_scorer(out.last_hidden_state[[0, 1], [4, 2]]))
+    model.config.holistic_pooling = LAST_ATTENDED_POOLING
+    at_eos = model(ids, attention_mask=mask).sequence_logits
+    torch.testing.assert_close(at_eos, model.holistic_scorer(out.last_hidden_state[[0, 1], [4, 2]]))
 
 
-def test_pooling_rule_and_pad_id_round_trip_and_old_checkpoints_keep_their_rule(tmp_path):
-    config = SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), pooling_pad_token_id=7)
+@pytest.mark.parametrize("rule", [PAPER_POOLING, LAST_ATTENDED_POOLING])
+def test_pooling_rule_and_pad_id_round_trip(tmp_path, rule):
+    config = SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), pooling_pad_token_id=7, holistic_pooling=rule)
     SCMModel(config).save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert (saved["holistic_pooling"], saved["pooling_pad_token_id"]) == (PAPER_POOLING, 7)
-    assert SCMModel.from_pretrained(tmp_path).config.holistic_pooling == PAPER_POOLING
-    # A config.json written before the field existed: the checkpoint was trained at the last attended position.
-    del saved["holistic_pooling"]
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert SCMModel.from_pretrained(tmp_path).config.holistic_pooling == LEGACY_POOLING
-    assert AutoModel.from_pretrained(tmp_path).config.holistic_pooling == LEGACY_POOLING
+    assert (saved["holistic_pooling"], saved["pooling_pad_token_id"]) == (rule, 7)
+    assert SCMModel.from_pretrained(tmp_path).config.holistic_pooling == rule
+    assert AutoModel.from_pretrained(tmp_path).config.holistic_pooling == rule
 
 
 def test_pooling_pad_id_follows_the_paper_and_the_backbone():

@@ -124,7 +124,7 @@ def test_cli_rejects_bad_sizes(capsys):
     assert parse_args(["--output-dir", "d", "--seed", "7"]).seed == 7
     with pytest.raises(SystemExit):
         parse_args(["--train-size", "0"])
-    assert "--train-size must be at least 1" in capsys.readouterr().err
+    assert "--train-size must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_processed_sample_labels_harmful_tokens_only_in_harmful_responses(tmp_path, sample_dir, sample):
