@@ -34,6 +34,9 @@ LABEL_NAMES = ("benign", "harmful")
 PAPER_POOLING = "last-non-pad"
 LAST_ATTENDED_POOLING = "last-attended"
 POOLING_RULES = (PAPER_POOLING, LAST_ATTENDED_POOLING)
+# Where the optional category head learns (``SCMConfig.category_positions``): "tokens", every token labelled harmful
+# in a harmful response (so that a stop at any token can name a category), or "pooled", the holistic head's position.
+CATEGORY_POSITIONS = ("tokens", "pooled")
 
 
 class SCMConfig(PreTrainedConfig):
@@ -56,6 +59,10 @@ class SCMConfig(PreTrainedConfig):
         pooling_pad_token_id: the id ``last-non-pad`` treats as padding (training sets the tokenizer's pad token,
             else its EOS, as the paper's code does); None takes the backbone config's ``pad_token_id``, and when
             that is None too, no id counts as padding.
+        category_labels: the harm categories the optional category head predicts (``--category-head``; None: no
+            head, the paper's model). A stop names the most likely one at the stopping token.
+        category_weight: weight of the category cross-entropy in the loss.
+        category_positions: where the category head learns: ``tokens`` or ``pooled`` (:data:`CATEGORY_POSITIONS`).
         max_prompt_tokens: how many tokens of ``prompt + "\\n\\n"`` the training data kept (the data's
             ``--max-prompt-tokens``; 0: the response alone after BOS; None: whole prompts, the paper's). Training
             records it and the streaming runtime cuts prompts the same way, so a monitor trained on the last 64
@@ -77,6 +84,9 @@ class SCMConfig(PreTrainedConfig):
     holistic_pooling: str = PAPER_POOLING
     pooling_pad_token_id: int | None = None
     max_prompt_tokens: int | None = None
+    category_labels: list[str] | None = None
+    category_weight: float = 0.5
+    category_positions: str = "tokens"
 
     def __post_init__(self, **kwargs):
         if not self.id2label or len(self.id2label) != 2:
@@ -96,6 +106,16 @@ class SCMConfig(PreTrainedConfig):
                                                    or self.max_prompt_tokens < 0):
             raise ValueError(f"max_prompt_tokens must be None (whole prompts) or an integer >= 0, got "
                              f"{self.max_prompt_tokens!r}")
+        if self.category_labels is not None:
+            labels = list(self.category_labels)
+            if not labels or any(not isinstance(name, str) or not name for name in labels) or len(set(labels)) < len(labels):
+                raise ValueError(f"category_labels must be distinct non-empty names, got {self.category_labels!r}")
+            self.category_labels = labels
+        if self.category_weight < 0:
+            raise ValueError(f"category_weight must be >= 0, got {self.category_weight}")
+        if self.category_positions not in CATEGORY_POSITIONS:
+            raise ValueError(f"category_positions must be one of {', '.join(CATEGORY_POSITIONS)}, got "
+                             f"{self.category_positions!r}")
         if self.pooling_pad_token_id is None and self.backbone_config is not None:
             backbone = self.backbone_config
             self.pooling_pad_token_id = (backbone.get("pad_token_id") if isinstance(backbone, dict)
@@ -110,7 +130,8 @@ class SCMConfig(PreTrainedConfig):
 class SCMOutput(ModelOutput):
     """Outputs of :class:`SCMModel`.
 
-    ``token_logits`` is ``(batch, seq, 2)``, ``sequence_logits`` is ``(batch, 2)``, the holistic head at the position
+    ``token_logits`` is ``(batch, seq, 2)``, ``sequence_logits`` is ``(batch, 2)``, ``category_logits`` (a checkpoint
+    with a category head only) is ``(batch, seq, n_categories)``, the holistic head at the position
     :func:`holistic_index` picks under the config's ``holistic_pooling`` rule.
     The three loss parts are detached copies for logging. ``cache`` is the backbone's KV cache (newer transformers
     name it so; the field name is the same on every version).
@@ -122,6 +143,8 @@ class SCMOutput(ModelOutput):
     token_loss: torch.Tensor | None = None
     holistic_loss: torch.Tensor | None = None
     logic_loss: torch.Tensor | None = None
+    category_logits: torch.Tensor | None = None
+    category_loss: torch.Tensor | None = None
     cache: Any = None
     last_hidden_state: torch.Tensor | None = None
 
@@ -210,7 +233,9 @@ class SCMModel(PreTrainedModel):
     """Dual-head streaming content monitor over a causal backbone.
 
     Heads: ``token_scorer`` = Dropout + Linear(hidden, 2) at every position; ``holistic_scorer`` =
-    Linear(hidden, 2, bias=False) on the last real token. Both Xavier-uniform initialised with zero bias.
+    Linear(hidden, 2, bias=False) on the last real token. Both Xavier-uniform initialised with zero bias. With
+    ``config.category_labels`` a third head, ``category_scorer`` = Linear(hidden, n_categories), names the harm
+    category at every position (:meth:`add_category_head`); without it the model is the paper's.
     """
 
     config_class = SCMConfig
@@ -233,12 +258,15 @@ class SCMModel(PreTrainedModel):
         self.token_scorer = nn.Sequential(nn.Dropout(config.token_dropout), nn.Linear(hidden, 2))
         self.holistic_scorer = nn.Linear(hidden, 2, bias=False)
         self.logic_loss_fn = LogicConsistencyLoss(2, reduce=config.logic_reduce, reduction="mean")
+        if config.category_labels:
+            self.category_scorer = nn.Linear(hidden, len(config.category_labels))
         self.post_init()
         keep_attention(self.backbone, requested, config._attn_implementation)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only the heads are ours; the backbone's modules are dispatched to its own _init_weights by HF.
-        if module is self.token_scorer[1] or module is self.holistic_scorer:
+        if module is self.token_scorer[1] or module is self.holistic_scorer or module is getattr(
+                self, "category_scorer", None):
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -266,6 +294,34 @@ class SCMModel(PreTrainedModel):
         return build_on_backbone(cls, backbone_path, lambda config: SCMConfig(backbone_config=config, **config_kwargs),
                                  dtype=dtype, attn_implementation=attn_implementation)
 
+    @property
+    def has_category_head(self) -> bool:
+        """True when the checkpoint names harm categories (``--category-head``)."""
+        return bool(self.config.category_labels)
+
+    def add_category_head(self, labels: list[str], weight: float = 0.5, positions: str = "tokens") -> None:
+        """Give a fresh model the category head (training's ``--category-head``, once the data's categories are known).
+
+        Args:
+            labels: the category names, in the order of the head's outputs.
+            weight: the category cross-entropy's weight in the loss.
+            positions: ``tokens`` or ``pooled`` (:data:`CATEGORY_POSITIONS`).
+
+        Raises:
+            ValueError: bad labels, weight or positions, or a model that already has the head.
+        """
+        if self.has_category_head:
+            raise ValueError("the model already has a category head")
+        check = SCMConfig(backbone_config=None, category_labels=labels, category_weight=weight,
+                          category_positions=positions)
+        self.config.category_labels = check.category_labels
+        self.config.category_weight = float(weight)
+        self.config.category_positions = positions
+        reference = self.holistic_scorer.weight
+        self.category_scorer = nn.Linear(reference.shape[1], len(labels)).to(reference.device, reference.dtype)
+        nn.init.xavier_uniform_(self.category_scorer.weight)
+        nn.init.zeros_(self.category_scorer.bias)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
 
@@ -282,6 +338,7 @@ class SCMModel(PreTrainedModel):
         token_labels: torch.Tensor | None = None,
         sequence_labels: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        category_labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> SCMOutput:
         """Score every position and the whole sequence; compute the dual + logic loss when labels are given.
@@ -292,6 +349,8 @@ class SCMModel(PreTrainedModel):
             position_ids, past_key_values, use_cache: passed to the backbone (streaming uses them).
             token_labels: ``(batch, seq)`` 0/1 with -100 for positions without a label.
             sequence_labels: ``(batch,)`` 0/1 response labels.
+            category_labels: ``(batch,)`` index into ``config.category_labels`` of each response's harm category,
+                -100 for none (benign, or unlabelled); used only by a model with a category head.
 
         Returns:
             :class:`SCMOutput`.
@@ -318,18 +377,24 @@ class SCMModel(PreTrainedModel):
         ids = input_ids if input_ids is not None and input_ids.shape == pooling_mask.shape else None
         last = holistic_index(ids, pooling_mask, self.config.holistic_pooling, self.config.pooling_pad_token_id)
         sequence_logits = self.holistic_scorer(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        category_logits = self.category_scorer(hidden) if self.has_category_head else None
 
-        loss = token_loss = holistic_loss = logic_loss = None
+        loss = token_loss = holistic_loss = logic_loss = category_loss = None
         if sequence_labels is not None or token_labels is not None:
             loss, token_loss, holistic_loss, logic_loss = self._loss(
                 token_logits, sequence_logits, token_labels, sequence_labels
             )
+            if category_logits is not None and category_labels is not None:
+                category_loss = self._category_loss(category_logits, category_labels, token_labels, last)
+                loss = loss + self.config.category_weight * category_loss
+                category_loss = category_loss.detach()
             # hf-mtask-trainer binds report_metrics on the instance it trains (and patches the class for all
             # instances), so only the bound instance attribute can be called.
             if self.training and "report_metrics" in self.__dict__:
-                self.report_metrics(
-                    token_loss=token_loss, holistic_loss=holistic_loss, logic_loss=logic_loss
-                )
+                parts = {"token_loss": token_loss, "holistic_loss": holistic_loss, "logic_loss": logic_loss}
+                if category_loss is not None:
+                    parts["category_loss"] = category_loss
+                self.report_metrics(**parts)
         return SCMOutput(
             loss=loss,
             token_logits=token_logits,
@@ -337,6 +402,8 @@ class SCMModel(PreTrainedModel):
             token_loss=token_loss,
             holistic_loss=holistic_loss,
             logic_loss=logic_loss,
+            category_logits=category_logits,
+            category_loss=category_loss,
             cache=backbone_cache_output(out),
             last_hidden_state=hidden,
         )
@@ -362,6 +429,32 @@ class SCMModel(PreTrainedModel):
             logic_loss = self.logic_loss_fn(sequence_logits, token_logits, token_labels != -100)
         loss = alpha * token_loss + (1 - alpha) * holistic_loss + gamma * logic_loss
         return loss, token_loss.detach(), holistic_loss.detach(), logic_loss.detach()
+
+
+    def _category_loss(
+        self,
+        category_logits: torch.Tensor,
+        category_labels: torch.Tensor,
+        token_labels: torch.Tensor | None,
+        last: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cross-entropy of the category head: at every harmful-labelled token of a response with a category
+        (``tokens``), or at the holistic position (``pooled``, and when there are no token labels). Zero when the
+        batch holds no categorised response."""
+        labels = category_labels.to(category_logits.device).long()
+        n_categories = category_logits.shape[-1]
+        ce = nn.CrossEntropyLoss(ignore_index=-100)
+        if self.config.category_positions == "tokens" and token_labels is not None:
+            token_labels = token_labels.to(category_logits.device)
+            targets = labels[:, None].expand_as(token_labels)
+            targets = torch.where((token_labels == 1) & (targets != -100), targets, torch.full_like(targets, -100))
+            if not (targets != -100).any():
+                return category_logits.new_zeros((), dtype=torch.float32)
+            return ce(category_logits.float().reshape(-1, n_categories), targets.reshape(-1))
+        if not (labels != -100).any():
+            return category_logits.new_zeros((), dtype=torch.float32)
+        pooled = category_logits[torch.arange(category_logits.shape[0], device=category_logits.device), last]
+        return ce(pooled.float(), labels)
 
 
 AutoConfig.register("scm", SCMConfig, exist_ok=True)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, Qwen2Model
 
-from tests.tiny_models import TINY_VOCAB, tiny_qwen2_config, write_processed_split
+from tests.tiny_models import TINY_VOCAB, tiny_qwen2_config, write_categorised_split, write_processed_split
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
@@ -62,6 +62,17 @@ def tiny_processed_data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-data")
     for seed, split, n in ((1, "train", 48), (2, "val", 12), (3, "test", 12)):
         write_processed_split(folder / f"{split}.jsonl", n, seed)
+    (folder / "meta.json").write_text(json.dumps({"format_version": 1, "vocab_size": TINY_VOCAB,
+                                                  "eos_appended": True, "bos_token_id": None}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_categorised_data(tmp_path_factory) -> Path:
+    """A processed-data folder like ``tiny_processed_data`` whose records carry harm categories (illicit, hate)."""
+    folder = tmp_path_factory.mktemp("tiny-categorised")
+    for seed, split, n in ((1, "train", 48), (2, "val", 12), (3, "test", 12)):
+        write_categorised_split(folder / f"{split}.jsonl", n, seed)
     (folder / "meta.json").write_text(json.dumps({"format_version": 1, "vocab_size": TINY_VOCAB,
                                                   "eos_appended": True, "bos_token_id": None}))
     return folder

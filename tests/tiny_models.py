@@ -36,3 +36,25 @@ def write_processed_split(path: Path, n: int, seed: int, bos: int | None = None,
             record = {"id": f"{path.stem}-{i:05d}", "input_ids": ids, "token_labels": token_labels,
                       "sequence_labels": int(harmful), "response_start": len(ids) - len(response) - (eos is not None)}
             handle.write(json.dumps(record) + "\n")
+
+
+def write_categorised_split(path: Path, n: int, seed: int, eos: int | None = 0) -> None:
+    """Write ``n`` processed records with harm categories: harmful responses end in token 7 ("illicit") or token 9
+    ("hate"), so both the label and the category are learnable; benign records carry ``category`` None."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(n):
+            category = {0: "illicit", 3: "hate"}.get(i % 6)
+            prompt = [rng.randrange(20, TINY_VOCAB) for _ in range(rng.randint(3, 6))]
+            response = [rng.randrange(20, TINY_VOCAB) for _ in range(rng.randint(4, 12))]
+            labels = [0] * len(response)
+            if category is not None:
+                at = rng.randrange(1, len(response))
+                response[at:] = [7 if category == "illicit" else 9] * (len(response) - at)
+                labels[at:] = [1] * (len(response) - at)
+            ids = prompt + response + ([eos] if eos is not None else [])
+            token_labels = [-100] * len(prompt) + labels + ([-100] if eos is not None else [])
+            record = {"id": f"{path.stem}-{i:05d}", "input_ids": ids, "token_labels": token_labels,
+                      "sequence_labels": int(category is not None), "response_start": len(prompt),
+                      "category": category}
+            handle.write(json.dumps(record) + "\n")

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from model import SCMModel
-from model.modeling_qwen4dual_2CE_w_logic import POOLING_RULES, PAPER_POOLING, pooling_pad_id
+from model.modeling_qwen4dual_2CE_w_logic import CATEGORY_POSITIONS, POOLING_RULES, PAPER_POOLING, pooling_pad_id
 from utils.cli import parse_dataclasses
 from train.training import CommonModelArguments, PaperTrainingArguments, load_tokenizer, run_training
 
@@ -63,6 +63,13 @@ class QwenModelArguments(CommonModelArguments):
                 "the pad id; the pad id is the tokenizer's pad, else its EOS, so with Qwen2.5 and SmolLM2 the appended "
                 "EOS counts as padding) or last-attended (the last attended token, the EOS itself).",
         "choices": list(POOLING_RULES)})
+    category_head: bool = field(default=False, metadata={
+        "help": "Add a harm-category head (off: the paper's model). Needs data whose records carry categories "
+                "(realmix2's meta.category, processed by run-data.sh); a stop then names the most likely category."})
+    category_weight: float = field(default=0.5, metadata={"help": "Weight of the category cross-entropy."})
+    category_positions: str = field(default="tokens", metadata={
+        "help": "Where the category head learns: tokens (every harmful-labelled token of a categorised harmful "
+                "response) or pooled (the holistic head's position).", "choices": list(CATEGORY_POSITIONS)})
 
 
 @dataclass
@@ -121,7 +128,7 @@ def main(model_args: QwenModelArguments, train_args: QwenTrainingArguments) -> P
         paper_dtype=torch.bfloat16,  # the paper's code loads the Qwen backbone in bf16 and trains those weights
         with_token_labels=True,
         keep_last_id=None,
-        model_info={"task": model_args.task, "alpha": alpha, "gamma": gamma,
+        model_info={"task": model_args.task, "alpha": alpha, "gamma": gamma, "category_head": model_args.category_head,
                     "holistic_pooling": model_args.holistic_pooling, "pooling_pad_token_id": pooling_pad_id(tokenizer)},
         logger=logger,
     )

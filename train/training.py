@@ -43,6 +43,10 @@ except ImportError as err:  # pragma: no cover - exercised only on a broken inst
     raise ImportError("hf-mtask-trainer is missing: run `bash scripts/setup.sh`") from err
 
 
+# The batch key (and dataset column) of each response's harm-category index for the category head; -100: none.
+CATEGORY_COLUMN = "category_labels"
+
+
 @dataclass
 class PaddingCollator:
     """Pad a list of processed records into a batch.
@@ -78,6 +82,8 @@ class PaddingCollator:
         }
         if self.with_token_labels:
             out["token_labels"] = token_labels
+        if CATEGORY_COLUMN in features[0]:  # a model with a category head (--category-head)
+            out[CATEGORY_COLUMN] = torch.tensor([int(f[CATEGORY_COLUMN]) for f in features], dtype=torch.long)
         return out
 
 
@@ -114,14 +120,65 @@ def to_dataset(records: list[dict[str, Any]]):
     """A ``datasets.Dataset`` with a ``length`` column, so the length-grouped sampler does not re-measure."""
     from datasets import Dataset
 
-    return Dataset.from_dict(
-        {
-            "input_ids": [r["input_ids"] for r in records],
-            "token_labels": [r["token_labels"] for r in records],
-            "sequence_labels": [int(r["sequence_labels"]) for r in records],
-            "length": [len(r["input_ids"]) for r in records],
-        }
-    )
+    columns = {
+        "input_ids": [r["input_ids"] for r in records],
+        "token_labels": [r["token_labels"] for r in records],
+        "sequence_labels": [int(r["sequence_labels"]) for r in records],
+        "length": [len(r["input_ids"]) for r in records],
+    }
+    if records and CATEGORY_COLUMN in records[0]:
+        columns[CATEGORY_COLUMN] = [int(r[CATEGORY_COLUMN]) for r in records]
+    return Dataset.from_dict(columns)
+
+
+def attach_category_head(
+    model: torch.nn.Module, train_records: list[dict[str, Any]], eval_records: list[dict[str, Any]],
+    weight: float, positions: str, data_dirs: Sequence[str], logger: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Give the model a category head over the training data's categories and index every record's category.
+
+    Args:
+        model: a fresh ``SCMModel``.
+        train_records, eval_records: processed records; each must carry ``category`` (None for benign).
+        weight, positions: the head's loss weight and where it learns (``--category-weight``, ``--category-positions``).
+        data_dirs: the ``--data-dir`` folders, for the error message.
+        logger: where the category counts go.
+
+    Returns:
+        ``(train_records, eval_records, labels)``: copies of the records with ``category_labels`` (index, -100 for
+        none or a validation category unseen in training), and the head's category names.
+
+    Raises:
+        ValueError: records without ``category``, or no harmful record with a category in the training split.
+    """
+    from collections import Counter
+
+    from utils.data.categories import ordered_categories
+
+    missing = sum(1 for r in train_records + eval_records if "category" not in r)
+    if missing:
+        raise ValueError(f"--category-head needs records with harm categories, but {missing} records of "
+                         f"{', '.join(data_dirs)} have no 'category' field: process FineHarm-format data whose records "
+                         "carry meta.category (realmix2) with `bash scripts/run-data.sh` (this project's version "
+                         "writes it), or leave --category-head out")
+    counts = Counter(r["category"] for r in train_records if r["category"] is not None)
+    if not counts:
+        raise ValueError(f"--category-head: no harmful training record of {', '.join(data_dirs)} names a category")
+    labels = ordered_categories(counts)
+    model.add_category_head(labels, weight, positions)
+    index = {name: i for i, name in enumerate(labels)}
+
+    def indexed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, CATEGORY_COLUMN: index.get(r["category"], -100) if r["category"] is not None else -100}
+                for r in records]
+
+    unseen = Counter(r["category"] for r in eval_records if r["category"] is not None and r["category"] not in index)
+    logger.info("category head over %d categories (training responses: %s)", len(labels),
+                ", ".join(f"{name} {counts[name]}" for name in labels))
+    if unseen:
+        logger.warning("validation categories absent from training are not scored by the category loss: %s",
+                       ", ".join(f"{name} {n}" for name, n in sorted(unseen.items())))
+    return indexed(train_records), indexed(eval_records), labels
 
 
 def use_length_grouping(args: TrainingArguments) -> None:
@@ -459,6 +516,11 @@ def run_training(
         model = build_model(paper_dtype).to(paper_dtype)
     else:  # fp32 master weights; under --precision bf16/fp16 the Trainer autocasts
         model = build_model(None).float()
+    if getattr(args, "category_head", False):
+        train_records, eval_records, _ = attach_category_head(
+            model, train_records, eval_records, args.category_weight, args.category_positions,
+            [str(d) for d in args.data_dir], logger)
+        train_args.label_names = [*train_args.label_names, CATEGORY_COLUMN]
     vocab = model.get_input_embeddings().num_embeddings
     data.check_vocabulary(vocab, args.base_model_path)
     if getattr(model.config, "model_type", None) == "scm":  # served by the streaming runtime, which reads it

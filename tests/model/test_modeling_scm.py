@@ -269,3 +269,64 @@ def test_from_backbone_stays_causal(tiny_causal_backbone, tmp_path, attn):
 def test_config_rejects_a_bad_prompt_cut(bad):
     with pytest.raises(ValueError, match="max_prompt_tokens must be None"):
         SCMConfig(max_prompt_tokens=bad)
+
+
+# ---------------------------------------------------------------------------------------------- category head
+
+
+def _category_batch():
+    input_ids, attention_mask, token_labels, sequence_labels = _batch()
+    # row 0 harmful with category 1; row 1 benign (no category)
+    return input_ids, attention_mask, token_labels, sequence_labels, torch.tensor([1, -100])
+
+
+def test_without_a_category_head_the_model_is_the_papers(model, tmp_path):
+    out = model(input_ids=_batch()[0], attention_mask=_batch()[1])
+    assert out.category_logits is None and out.category_loss is None and not model.has_category_head
+    assert not any(name.startswith("category") for name in model.state_dict())
+    model.save_pretrained(tmp_path)
+    assert SCMModel.from_pretrained(tmp_path).config.category_labels is None
+
+
+@pytest.mark.parametrize("positions", ["tokens", "pooled"])
+def test_category_loss_is_cross_entropy_where_it_learns(model, positions):
+    model.eval()
+    model.add_category_head(["hate", "illicit", "other"], weight=0.25, positions=positions)
+    input_ids, attention_mask, token_labels, sequence_labels, categories = _category_batch()
+    with_head = model(input_ids=input_ids, attention_mask=attention_mask, token_labels=token_labels,
+                      sequence_labels=sequence_labels, category_labels=categories)
+    plain = model(input_ids=input_ids, attention_mask=attention_mask, token_labels=token_labels,
+                  sequence_labels=sequence_labels)
+    logits = with_head.category_logits
+    assert logits.shape == (*input_ids.shape, 3)
+    if positions == "tokens":  # every token labelled harmful in row 0
+        picked = logits[0][token_labels[0] == 1]
+    else:  # the holistic head's position of row 0
+        index = holistic_index(input_ids, attention_mask, model.config.holistic_pooling,
+                               model.config.pooling_pad_token_id)[0]
+        picked = logits[0, index][None]
+    expected = torch.nn.functional.cross_entropy(picked.float(), torch.full((len(picked),), 1))
+    assert with_head.category_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert with_head.loss.item() == pytest.approx(plain.loss.item() + 0.25 * expected.item(), rel=1e-5)
+
+
+def test_category_loss_is_zero_without_a_categorised_response(model):
+    model.add_category_head(["hate", "illicit"])
+    input_ids, attention_mask, token_labels, sequence_labels = _batch()
+    out = model(input_ids=input_ids, attention_mask=attention_mask, token_labels=token_labels,
+                sequence_labels=sequence_labels, category_labels=torch.tensor([-100, -100]))
+    assert out.category_loss.item() == 0.0
+
+
+def test_category_head_round_trips_and_is_validated(model, tmp_path):
+    model.add_category_head(["hate", "illicit"], weight=0.5, positions="pooled")
+    with pytest.raises(ValueError, match="already has a category head"):
+        model.add_category_head(["hate"])
+    model.save_pretrained(tmp_path)
+    loaded = SCMModel.from_pretrained(tmp_path)
+    assert loaded.config.category_labels == ["hate", "illicit"] and loaded.config.category_positions == "pooled"
+    assert torch.equal(loaded.category_scorer.weight, model.category_scorer.weight)
+    with pytest.raises(ValueError, match="category_positions must be one of tokens, pooled"):
+        SCMConfig(backbone_config=tiny_qwen2_config(), category_labels=["a"], category_positions="everywhere")
+    with pytest.raises(ValueError, match="category_labels must be distinct"):
+        SCMConfig(backbone_config=tiny_qwen2_config(), category_labels=["a", "a"])

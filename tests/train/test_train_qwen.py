@@ -159,3 +159,27 @@ def test_the_checkpoint_records_its_datas_prompt_cut(tiny_causal_backbone, tiny_
                              str(cut), "--output-dir", str(tmp_path / "both"), "--report-to", "none", "--max-steps",
                              "1", "--served-prompt-cut-from", str(cut)]))
     assert SCMModel.from_pretrained(both).config.max_prompt_tokens == 5
+
+
+def test_category_head_trains_on_categorised_data(tiny_causal_backbone, tiny_categorised_data, tmp_path):
+    out = _run(tiny_causal_backbone, tiny_categorised_data, tmp_path / "cat", "--max-steps", "4",
+               "--category-head", "--category-weight", "0.3")
+    model = SCMModel.from_pretrained(out)
+    assert model.config.category_labels == ["hate", "illicit"] and model.config.category_weight == 0.3
+    assert model.category_scorer.weight.shape[0] == 2
+    state = json.loads(next((tmp_path / "cat").glob("checkpoint-*/trainer_state.json")).read_text())
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert all("category_loss" in h for h in logged) and max(h["category_loss"] for h in logged) > 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["model"]["category_head"] is True
+
+
+def test_category_head_without_categories_names_the_fix(tiny_causal_backbone, tiny_processed_data, tmp_path):
+    with pytest.raises(ValueError, match=r"--category-head needs records with harm categories.*run-data.sh"):
+        _run(tiny_causal_backbone, tiny_processed_data, tmp_path / "cat", "--max-steps", "1", "--category-head")
+
+
+def test_categorised_data_trains_the_papers_model_without_the_flag(tiny_causal_backbone, tiny_categorised_data,
+                                                                   tmp_path):
+    out = _run(tiny_causal_backbone, tiny_categorised_data, tmp_path / "plain", "--max-steps", "1")
+    assert SCMModel.from_pretrained(out).config.category_labels is None
