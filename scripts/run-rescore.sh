@@ -6,7 +6,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 if [ "$#" -eq 0 ]; then
   echo "usage: bash scripts/run-rescore.sh EVAL_DIR [EVAL_DIR ...] [--report FILE.md] [--thresholds T,T]" \
-    "[--max-k N] [--selection-tolerance POINTS]" >&2
+    "[--max-k N] [--selection-tolerance POINTS] [--max-benign-stop-rate R]" >&2
   exit 2
 fi
 exec python -m utils.evaluation.rescore "$@"

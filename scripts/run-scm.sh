@@ -3,6 +3,8 @@
 #   bash scripts/run-scm.sh --output-dir scm-0.5b --data-dir scm --base-model-path /path/to/Qwen2.5-0.5B
 #   bash scripts/run-scm.sh test --model-path scm-0.5b --data-dir scm --output-dir metrics/scm-0.5b [--verify-streaming]
 # With no flags it trains on the embedded default (SmolLM2-135M + the project's sample) into runs/scm-default.
+# `test` also writes the chosen operating point into CKPT/operating_point.json, which run-serve.sh and run-stream.sh
+# serve by default; --max-benign-stop-rate R sets the false-stop budget rule (docs/OPERATING-POINT.md).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 if [ "${1:-}" = "test" ]; then
   shift

@@ -4,6 +4,8 @@
 #   bash scripts/run-stream.sh --model-path CKPT --prompt "..." --theta 0.7 --k 3 --do-sample --seed 7
 #   bash scripts/run-stream.sh --model-path CKPT --prompt "..." --generator /path/to/causal-lm
 #   bash scripts/run-stream.sh --model-path CKPT --input pairs.jsonl --rule consecutive-n --k 2
+# With no --theta/--k it uses the point CKPT/operating_point.json records (`--operating-point budget` picks another),
+# and its first line says where the point came from (docs/OPERATING-POINT.md).
 # Without --model-path it uses the repository's runs/scm-default (what scripts/quickstart.sh trains) when that
 # exists. Paths are taken from the folder you run it in.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"

@@ -16,7 +16,7 @@ supported: a stream state cannot be forked per candidate without copying its KV 
 
 Example::
 
-    monitor = StreamingMonitor.from_pretrained(scm_path)
+    monitor = StreamingMonitor.from_pretrained(scm_path)       # the point its operating_point.json records
     states = [monitor.start(prompt) for prompt in prompts]      # the monitor's own prompt encoding
     criteria = MonitorStoppingCriteria(monitor, states, eos_token_id=generator.generation_config.eos_token_id)
     output = generator.generate(**chat_inputs, stopping_criteria=StoppingCriteriaList([criteria]))
@@ -25,12 +25,15 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import torch
 from transformers import StoppingCriteria
 
 from serve.monitor import PushResult, StopEvent, StreamingMonitor, StreamState
+
+logger = logging.getLogger(__name__)
 
 # on_scored(row, new_ids, result): called after each push that scored at least one token of a row.
 ScoredCallback = Callable[[int, list[int], PushResult], None]
@@ -54,6 +57,9 @@ class MonitorStoppingCriteria(StoppingCriteria):
     Attributes:
         stops: per row, the monitor's stop event or None.
         results: per row, every push result in order.
+        operating_point: where the monitor's theta/k/scorer came from (``monitor.operating_point``: by default the
+            checkpoint's ``operating_point.json``, see ``serve/operating_point.py``); None for a monitor built in
+            code. Logged once, at construction.
     """
 
     def __init__(
@@ -70,6 +76,9 @@ class MonitorStoppingCriteria(StoppingCriteria):
             raise ValueError("MonitorStoppingCriteria got the same stream state for two rows; start one stream per "
                              "generated row")
         self.monitor = monitor
+        self.operating_point = getattr(monitor, "operating_point", None)
+        logger.info("generate() stopping criteria at %s", self.operating_point.description if self.operating_point
+                    else f"theta {monitor.theta:g}, {monitor.rule.name}, {monitor.scorer} scorer (set in code)")
         self.states = list(states)
         self._consumed = prompt_length
         if eos_token_id is None:

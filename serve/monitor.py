@@ -50,7 +50,6 @@ from model.modeling_qwen4dual_2CE_w_logic import SCMModel
 from serve.kv_slab import CAPACITY_QUANTUM, KVSlab, SlabCache, StepPlan, build_attention_mask
 from serve.cuda_step import FastStep, make_fast_step
 from utils.decision_rules import DecisionRule, RuleState, make_rule
-from utils.io_utils import read_json
 from utils.text_encoding import check_unicode, cut_prompt, encode_text
 
 logger = logging.getLogger(__name__)
@@ -224,24 +223,6 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_prompt_to
     return ([first] if first is not None else []) + ids
 
 
-def summary_prompt_cut(checkpoint: Path) -> int | None:
-    """The prompt cut of a checkpoint saved before ``SCMConfig.max_prompt_tokens`` existed, read from the
-    ``training_summary.json`` beside it (its data's ``meta.max_prompt_tokens``); None (whole prompts) without one.
-
-    A folder mixing several data folders records one meta per folder: they agree (training refuses otherwise).
-    """
-    summary_file = checkpoint / "training_summary.json"
-    if not summary_file.is_file():
-        return None
-    meta = (read_json(summary_file).get("data") or {}).get("meta") or {}
-    metas = meta if isinstance(meta, list) else [meta]
-    cut = next((m.get("max_prompt_tokens") for m in metas if isinstance(m, dict)), None)
-    if cut is not None:
-        logger.info("%s: prompts are cut to their last %d tokens, as in its training data (training_summary.json)",
-                    checkpoint, cut)
-    return cut
-
-
 def cache_argument_name(backbone_class: type) -> str:
     """Name of a backbone forward's KV-cache argument: ``cache`` on newer transformers, ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(backbone_class.forward).parameters else "past_key_values"
@@ -361,6 +342,8 @@ class StreamingMonitor:
         self._stream_ids = itertools.count()
         self._cache_kwarg = cache_argument_name(type(model.backbone))
         self._fast_step = make_fast_step(self.model, fast_path)
+        # Where theta/k/scorer came from (serve.operating_point.ServedOperatingPoint); set by from_pretrained.
+        self.operating_point: Any = None
         # Every slab in use, by id: what memory_stats() reports and what _tidy() frees.
         self._slabs: dict[int, KVSlab] = {}
 
@@ -379,12 +362,22 @@ class StreamingMonitor:
         dtype: str | torch.dtype | None = None,
         attn_implementation: str = "sdpa",
         fast_path: str = "auto",
+        operating_point: str | None = None,
+        max_benign_stop_rate: float | None = None,
     ) -> "StreamingMonitor":
         """Load a monitor from an SCM checkpoint folder (weights, config with theta/k/scorer, tokenizer).
+
+        The operating point is resolved by ``serve.operating_point.resolve_operating_point``: explicit values win,
+        then the point the checkpoint's ``operating_point.json`` records (written by its partial evaluation), then
+        the config's training defaults (with a warning naming the command that calibrates the checkpoint). The
+        result, with where each value came from, is the monitor's ``operating_point`` and is logged.
 
         Args:
             model_path: folder written by ``train/train_qwen.py`` (``config.task`` ``scm`` or ``qwen-full``).
             theta, k, rule, scorer: override the checkpoint's operating point (see the class docstring).
+            operating_point: ``leak_free``, ``leak_free_early``, ``budget`` (an ``operating_point.json`` entry) or
+                ``checkpoint`` (the training default); None: the file's default entry when there is a file.
+            max_benign_stop_rate: serve the budget point and check that the file's budget is this one.
             device: e.g. ``cpu``, ``cuda``, ``cuda:1``; default cuda when available.
             dtype: weights/compute dtype (``float32``, ``bfloat16``, ...); default: the checkpoint's.
             attn_implementation: ``sdpa`` (default) or ``eager``.
@@ -395,8 +388,11 @@ class StreamingMonitor:
 
         Raises:
             FileNotFoundError: the folder or its config.json is missing.
-            ValueError: the folder is not an SCM checkpoint, or bad operating-point values.
+            ValueError: the folder is not an SCM checkpoint, or bad operating-point values
+                (``serve.operating_point.OperatingPointError`` when the asked-for point cannot be served).
         """
+        from serve.operating_point import resolve_operating_point
+
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
@@ -408,17 +404,21 @@ class StreamingMonitor:
             raise ValueError(f"{path}: config.json has model_type {getattr(config, 'model_type', None)!r}; the "
                              f"streaming monitor needs an SCM checkpoint (model_type 'scm', task 'scm' or "
                              f"'qwen-full'); encoder checkpoints cannot stream")
+        served = resolve_operating_point(model_path, config, theta=theta, k=k, rule=rule, scorer=scorer,
+                                         choice=operating_point, max_benign_stop_rate=max_benign_stop_rate)
+        (logger.warning if served.warning else logger.info)("operating point: %s", served.description)
         kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
         if dtype is not None:
             kwargs["dtype"] = resolve_dtype(dtype)
         model = SCMModel.from_pretrained(path, **kwargs)
-        if "max_prompt_tokens" not in read_json(path / "config.json"):  # saved before the field existed
-            model.config.max_prompt_tokens = summary_prompt_cut(path)
         model.to(device or default_device())
         tokenizer = None
         if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
             tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(model, tokenizer, theta=theta, k=k, rule=rule, scorer=scorer, fast_path=fast_path)
+        monitor = cls(model, tokenizer, theta=served.theta, k=served.k, rule=rule, scorer=served.scorer,
+                      fast_path=fast_path)
+        monitor.operating_point = served
+        return monitor
 
     @property
     def device(self) -> torch.device:

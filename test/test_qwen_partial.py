@@ -10,14 +10,17 @@ A response is stopped by the delay-k rule (``utils/decision_rules.py``): at the 
 (cumulative) have reached theta. The run sweeps theta over ``--thresholds`` and k = 1..``--max-k`` and reports three
 protocols (``utils/metrics.py``): *paper* (for each theta, the k with the best harmful-class F1 on test, tokens
 labelled -100 not counted, as the paper's evaluation code does), *leak-free* ((theta, k) chosen by macro-F1 on val,
-reported on test) and *leak-free, early* (the smallest k, then theta, within ``--selection-tolerance`` macro-F1
-points of the best on val). It also reports full detection from the same pass (holistic head on the whole sequence),
-token-level P/R/F1, how early harmful responses are stopped, and the F1-vs-tokens-seen frontier.
+reported on test), *leak-free, early* (the smallest k, then theta, within ``--selection-tolerance`` macro-F1
+points of the best on val) and *leak-free, budget* (the best val macro-F1 among the points that stop at most
+``--max-benign-stop-rate`` of the benign val responses). It also reports full detection from the same pass (holistic
+head on the whole sequence), token-level P/R/F1, how early harmful responses are stopped, and the F1-vs-tokens-seen
+frontier. The chosen points go into the checkpoint folder too (``operating_point.json``: what streaming and the
+gateway serve by default; ``docs/OPERATING-POINT.md``).
 
 Outputs in ``--output-dir``: ``predictions-<split>.jsonl`` (+ ``.meta.json``),
 ``metrics-partial-<scorer>-theta<t>.json`` and ``metrics-full-theta<t>.json`` per threshold, ``summary.json``,
 ``report.md``, ``macro-f1-vs-k-<scorer>.png``, ``frontier-<scorer>.png``, ``stop-histogram-<scorer>.png``,
-``score-traces.png``. ``python -m utils.evaluation.rescore`` recomputes all but the predictions from the predictions files.
+``score-traces.png``, ``recall-vs-benign-stops.png``. ``python -m utils.evaluation.rescore`` recomputes all but the predictions from the predictions files.
 
 Commands (``bash scripts/run-scm.sh test ...`` runs the first, ``bash scripts/run-qwen-partial.sh test ...`` the
 second)::

@@ -504,7 +504,7 @@ def test_an_over_long_prompt_is_named_as_the_prompt(tiny_model):
 
 def test_prompts_are_cut_as_the_checkpoints_training_data_was(tmp_path, smol_tokenizer):
     """A monitor trained on the last N prompt tokens (data --max-prompt-tokens N) is served the last N, not the
-    whole prompt; a checkpoint saved before the config field existed reads N from its training_summary.json."""
+    whole prompt; one whose config records no cut (None) is served whole prompts."""
     from model.assets import smollm2_path
     from utils.data_process import ExampleEncoder
     from utils.io_utils import write_json
@@ -521,10 +521,7 @@ def test_prompts_are_cut_as_the_checkpoints_training_data_was(tmp_path, smol_tok
     assert monitor.start(prompt).prompt_length == 1 + cut
     whole = len(encode_prompt(smol_tokenizer, prompt))
     assert whole > 1 + cut
-    # Older checkpoints: no config field, the cut read from training_summary.json's data meta; none -> whole prompts.
-    assert config["max_prompt_tokens"] is None  # new checkpoints always record it
-    write_json(checkpoint / "config.json", {k: v for k, v in config.items() if k != "max_prompt_tokens"})
-    assert len(StreamingMonitor.from_pretrained(checkpoint, device="cpu").encode_prompt(prompt)) == whole
-    write_json(checkpoint / "training_summary.json", {"data": {"meta": {"max_prompt_tokens": 0}}})
-    legacy = StreamingMonitor.from_pretrained(checkpoint, device="cpu")
-    assert legacy.encode_prompt(prompt) == [smol_tokenizer.bos_token_id] and legacy.max_prompt_tokens == 0
+    assert config["max_prompt_tokens"] is None  # every checkpoint records it; None: whole prompts
+    write_json(checkpoint / "config.json", config)
+    uncut = StreamingMonitor.from_pretrained(checkpoint, device="cpu")
+    assert len(uncut.encode_prompt(prompt)) == whole and uncut.max_prompt_tokens is None

@@ -8,6 +8,7 @@ run leaves no truncated file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -88,13 +89,16 @@ def test_qwen_partial_scm_end_to_end(scm_checkpoint, tiny_processed_data, tmp_pa
         expected |= {f"macro-f1-vs-k-{scorer}.png", f"stop-histogram-{scorer}.png", f"frontier-{scorer}.png"}
         expected |= {f"metrics-partial-{scorer}-theta{t}.json" for t in ("0.5", "0.6", "0.7", "0.8", "0.9")}
     expected |= {f"metrics-full-theta{t}.json" for t in ("0.5", "0.6", "0.7", "0.8", "0.9")}
+    expected.add("recall-vs-benign-stops.png")
     assert names == expected
     assert summary["scorers"] == ["token", "holistic"]
     per_theta = ["paper"] * 5
+    chosen = ["leak-free", "leak-free-early", "leak-free-budget"]
     assert [(r["mode"], r["scorer"], r["protocol"]) for r in summary["rows"]] == [
         ("full", None, "fixed"), ("full", None, "leak-free"),
-        *[("partial", "token", p) for p in ["leak-free", "leak-free-early", *per_theta]],
-        *[("partial", "holistic", p) for p in ["leak-free", "leak-free-early", *per_theta]]]
+        *[("partial", "token", p) for p in [*chosen, *per_theta]],
+        *[("partial", "holistic", p) for p in [*chosen, *per_theta]]]
+    assert summary["max_benign_stop_rate"] == 0.02 and summary["arguments"]["max_benign_stop_rate"] == 0.02
 
     test_records = read_predictions(out / "predictions-test.jsonl", require_scores=["token", "holistic"])
     val_records = read_predictions(out / "predictions-val.jsonl")
@@ -148,6 +152,87 @@ def test_qwen_partial_scm_end_to_end(scm_checkpoint, tiny_processed_data, tmp_pa
     assert "| SCM (" in report and "partial* (token)" in report and "partial* (holistic)" in report
 
 
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def test_partial_evaluation_records_its_operating_point_in_the_checkpoint(scm_checkpoint, tiny_processed_data,
+                                                                          tmp_path, monkeypatch):
+    from utils import io_utils
+    from utils.evaluation.operating_point import record_operating_point
+    from utils.metrics import operating_stats, partial_detection
+
+    checkpoint = shutil.copytree(scm_checkpoint, tmp_path / "ckpt")
+    (checkpoint / "operating_point.json").unlink(missing_ok=True)  # another test of this module may have written one
+    shutil.copytree(tiny_processed_data, tmp_path / "data-a")
+    other = shutil.copytree(tiny_processed_data, tmp_path / "data-b")
+    for split in ("val", "test"):  # other data: the first 8 examples of each split
+        lines = (other / f"{split}.jsonl").read_text().splitlines()[:8]
+        (other / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    weights = _hashes(checkpoint)
+    monkeypatch.chdir(tmp_path)  # paths as a user types them, relative to where they stand
+    summary = test_qwen_partial.main(test_qwen_partial.parse_args([
+        "--model-path", "ckpt", "--data-dir", "data-a", "--output-dir", "eval-a", "--max-k", "6"]))
+    written = json.loads((checkpoint / "operating_point.json").read_text())
+    assert (written["schema"], written["format_version"], written["default"], written["scorer"], written["rule"]) == (
+        "scm-operating-point", 1, "leak_free", "token", "delay-k")
+    assert written["source"]["data_dir"] == "data-a" and written["source"]["evaluation_dir"] == "eval-a"
+    assert written["source"]["driver"] == "bash scripts/run-scm.sh test" and written["replaces"] is None
+    assert written["max_benign_stop_rate"] == 0.02 and list(written["other_scorers"]) == ["holistic"]
+    assert "unavailable" not in written  # every rule chose a point
+    val_records = read_predictions(tmp_path / "eval-a" / "predictions-val.jsonl")
+    for scorer, recorded in (("token", written), ("holistic", written["other_scorers"]["holistic"])):
+        assert set(recorded["points"]) == {"leak_free", "leak_free_early", "leak_free_budget"}
+        for rule in ("leak_free", "leak_free_early", "leak_free_budget"):
+            point, entry = summary["partial"][scorer][rule], recorded["points"][rule]
+            assert (entry["theta"], entry["k"], entry["rule"], entry["scorer"], entry["selected_on"]) == (
+                point["theta"], point["k"], "delay-k", scorer, "val")
+            # Validation numbers recomputed from the predictions file with the shared rule; test ones as reported.
+            again = operating_stats(partial_detection(val_records, scorer, entry["theta"], entry["k"]))
+            assert entry["validation"] == pytest.approx(again) and entry["validation"]["macro_f1"] == pytest.approx(
+                point["selection_score"])
+            assert entry["test"]["benign_stop_rate"] == point["report"]["far"]
+            assert entry["test"]["harmful_recall"] == point["report"]["harmful_recall"]
+        assert recorded["points"]["leak_free_budget"]["validation"]["benign_stop_rate"] <= 0.02
+    # Only operating_point.json was added: weights, config and tokenizer files are byte for byte what they were.
+    after = _hashes(checkpoint)
+    assert set(after) == set(weights) | {"operating_point.json"}
+    assert {name: after[name] for name in weights} == weights
+
+    # Another evaluation on other data replaces it (the latest wins) and says which data it came from.
+    test_qwen_partial.main(test_qwen_partial.parse_args([
+        "--model-path", "ckpt", "--data-dir", "data-b", "--output-dir", "eval-b", "--max-k", "6",
+        "--max-benign-stop-rate", "1", "--default-operating-point", "budget"]))
+    second = json.loads((checkpoint / "operating_point.json").read_text())
+    assert second["source"]["data_dir"] == "data-b" and second["source"]["examples"] == {"val": 8, "test": 8}
+    assert second["replaces"] == {"data_dir": "data-a", "evaluation_dir": "eval-a",
+                                  "written_at": written["written_at"]}
+    assert second["default"] == "leak_free_budget" and second["max_benign_stop_rate"] == 1.0
+    assert {name: _hashes(checkpoint)[name] for name in weights} == weights
+    assert not [p.name for p in checkpoint.iterdir() if p.name.endswith(".tmp")]
+
+    # Full detection chooses no operating point, nor does a run without a validation split: the file stays.
+    before = (checkpoint / "operating_point.json").read_bytes()
+    test_qwen_full.main(test_qwen_full.parse_args(["--model-path", "ckpt", "--data-dir", "data-a", "--output-dir",
+                                                   "eval-full"]))
+    test_qwen_partial.main(test_qwen_partial.parse_args(["--model-path", "ckpt", "--data-dir", "data-a",
+                                                         "--output-dir", "eval-test", "--splits", "test",
+                                                         "--max-k", "3"]))
+    assert (checkpoint / "operating_point.json").read_bytes() == before
+
+    # Atomic: a write that fails half-way leaves the previous file whole and no temporary file behind.
+    def half_written(obj, handle, **kwargs):
+        handle.write('{"schema": ')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_utils.json, "dump", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        record_operating_point("ckpt", summary, output_dir="eval-a")
+    monkeypatch.undo()
+    assert (checkpoint / "operating_point.json").read_bytes() == before
+    assert sorted(p.name for p in checkpoint.iterdir()) == sorted(set(weights) | {"operating_point.json"})
+
+
 def test_qwen_full_end_to_end(qwen_full_checkpoint, tiny_processed_data, tmp_path):
     out = tmp_path / "eval"
     summary = test_qwen_full.main(_args(test_qwen_full, qwen_full_checkpoint, tiny_processed_data, out,
@@ -167,6 +252,7 @@ def test_qwen_partial_scorer_choice_follows_the_checkpoint(qwen_full_checkpoint,
     summary = test_qwen_partial.main(_args(test_qwen_partial, qwen_full_checkpoint, tiny_processed_data,
                                            tmp_path / "a", "--splits", "test", "--max-k", "5"))
     assert summary["scorers"] == ["holistic"] and summary["partial"]["holistic"]["leak_free"] is None
+    assert not (qwen_full_checkpoint / "operating_point.json").exists()  # no validation split: nothing chosen
     with pytest.raises(ValueError, match="token scorer is untrained; use --scorer holistic"):
         test_qwen_partial.main(_args(test_qwen_partial, qwen_full_checkpoint, tiny_processed_data, tmp_path / "b",
                                      "--scorer", "both"))
@@ -186,6 +272,10 @@ def test_encoder_partial_rescored_prefixes(encoder_checkpoint, tiny_encoder_data
                                                  out, "--max-k", "8", "--batch-size", "7", "--buffer-batches", "2",
                                                  "--limit", "6"))
     assert summary["scorers"] == ["holistic"] and (out / "stop-histogram-holistic.png").is_file()
+    written = json.loads((encoder_checkpoint / "operating_point.json").read_text())
+    assert written["scorer"] == "holistic"
+    assert written["source"]["driver"] == "bash scripts/run-modernbert-partial.sh test"
+    assert written["source"]["limit"] == 6 and written["other_scorers"] == {} and "leak_free" in written["points"]
     records = read_predictions(out / "predictions-test.jsonl", require_scores=["holistic"], require_full_score=True)
     model = EncoderForSequenceClassification.from_pretrained(encoder_checkpoint).eval()
     data = [json.loads(line) for line in (tiny_encoder_data / "test.jsonl").read_text().splitlines()]

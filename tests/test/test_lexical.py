@@ -70,10 +70,17 @@ def test_partial_scores_are_the_decoded_prefixes_scores(floor, text_data, qwen_t
     point = summary["partial"]["holistic"]["leak_free"]
     assert point["report"]["macro_f1"] == pytest.approx(1.0)
     assert (out / "report.md").is_file() and (out / "macro-f1-vs-k-holistic.png").is_file()
+    # The floor's chosen points travel with it too, beside its weights.
+    written = json.loads((floor / "operating_point.json").read_text())
+    assert written["source"]["driver"] == "bash scripts/run-lexical.sh test" and written["scorer"] == "holistic"
+    assert (written["points"]["leak_free"]["theta"], written["points"]["leak_free"]["k"]) == (point["theta"],
+                                                                                              point["k"])
 
 
 def test_full_mode_matches_its_predictions(floor, text_data, tmp_path):
     out = tmp_path / "full"
+    recorded = floor / "operating_point.json"
+    before = recorded.read_bytes() if recorded.is_file() else None
     summary = test_lexical.main(test_lexical.parse_args([
         "--mode", "full", "--model-path", str(floor), "--data-dir", str(text_data), "--output-dir", str(out)]))
     assert summary["partial"] == {} and summary["scorers"] == []
@@ -81,6 +88,8 @@ def test_full_mode_matches_its_predictions(floor, text_data, tmp_path):
     assert all("scores" not in r for r in records)
     report = classification_report([r["label"] for r in records], [int(r["full_score"] >= 0.5) for r in records])
     assert summary["full"]["fixed"]["report"]["macro_f1"] == report["macro_f1"]
+    # Full detection chooses no streaming point: whatever the partial run recorded stays.
+    assert (recorded.read_bytes() if recorded.is_file() else None) == before
 
 
 def test_chunked_scoring_equals_one_chunk(floor, text_data, qwen_tokenizer_dir):

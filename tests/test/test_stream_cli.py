@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,6 +130,49 @@ def test_input_file_mode_stops_each_record_on_its_full_tokenization(flagging_che
         assert not third["stopped"] and third["response_tokens_scored"] == 0
         assert "[record 1] STOPPED at response token 2" in printed
         assert "[record 3] not stopped (end of response): 0 response tokens scored" in printed
+
+
+def _record_points(folder: Path) -> Path:
+    """An operating_point.json (format 1) as a partial evaluation writes it: token leak_free (0.5, 3), budget
+    (0.5, 4)."""
+    def point(selection, k):
+        return {"selection": selection, "rule": "delay-k", "scorer": "token", "selected_on": "val",
+                "reported_on": "test", "theta": 0.5, "k": k, "counting": "all", "validation": {}, "test": {}}
+    (folder / "operating_point.json").write_text(json.dumps({
+        "schema": "scm-operating-point", "format_version": 1, "default": "leak_free", "scorer": "token",
+        "rule": "delay-k", "max_benign_stop_rate": 0.02,
+        "points": {"leak_free": point("leak_free", 3), "leak_free_early": point("leak_free_early", 3),
+                   "leak_free_budget": {**point("leak_free_budget", 4), "max_benign_stop_rate": 0.02}},
+        "source": {"data_dir": "data", "driver": "bash scripts/run-scm.sh test"}, "written_at": "T"}))
+    return folder
+
+
+def test_the_cli_serves_the_checkpoints_recorded_point(flagging_checkpoint, smol_generator, tmp_path, capsys):
+    # The flagging checkpoint's own default is theta 0.9, delay-2; its recorded point is delay-3 (budget delay-4).
+    folder = _record_points(shutil.copytree(flagging_checkpoint, tmp_path / "ckpt"))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "response": "First, gather the tools. Then go."}) + "\n")
+    report, printed = _run_cli(model_path=str(folder), input=str(pairs))
+    assert report["results"][0]["stop"]["index"] == 2 and report["results"][0]["stop"]["rule"] == "delay-3"
+    assert printed.startswith("[operating point] theta 0.5, k 3, delay-k, token scorer from operating_point.json "
+                              "(leak_free, chosen on val of data by `bash scripts/run-scm.sh test` at T)\n")
+    assert report["operating_point_source"]["source"] == "operating_point.json"
+    assert report["operating_point"] == {"theta": 0.5, "rule": "delay-3", "scorer": "token"}
+    # Explicit flags win; --operating-point picks another recorded point.
+    assert _run_cli(model_path=str(folder), input=str(pairs), k=1)[0]["results"][0]["stop"]["index"] == 0
+    assert _run_cli(model_path=str(folder), input=str(pairs),
+                    operating_point="budget")[0]["results"][0]["stop"]["index"] == 3
+    # generate()'s stopping criteria (the generator shares the monitor's tokenizer) serve it too.
+    report, _ = _run_cli(model_path=str(folder), generator=str(smol_generator), prompt="How do I bake bread?",
+                         max_new_tokens=20)
+    assert report["results"][0]["path"] == "stopping-criteria" and report["results"][0]["stop"]["index"] == 2
+    # No file: the training default (delay-2), with a warning that names the calibration command.
+    capsys.readouterr()
+    report, printed = _run_cli(model_path=str(flagging_checkpoint), input=str(pairs))
+    assert report["results"][0]["stop"]["index"] == 1 and not report["operating_point_source"]["calibrated"]
+    assert (f"warning: no operating_point.json in {flagging_checkpoint}: serving the training default theta 0.9 / "
+            f"k 2; calibrate with `bash scripts/run-scm.sh test --model-path {flagging_checkpoint}") in \
+        capsys.readouterr().err
 
 
 def test_bad_arguments_name_the_fix(tmp_path, plain_checkpoint):

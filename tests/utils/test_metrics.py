@@ -14,8 +14,11 @@ from utils.io_utils import DataFormatError
 from utils.metrics import (
     DELAY_BIN_LABELS,
     PROTOCOLS,
+    MAX_BENIGN_STOP_RATE,
     Sweep,
     best_point,
+    best_within_budget,
+    budget_shortfall,
     classification_report,
     delay_statistics,
     earliest_within,
@@ -209,6 +212,9 @@ def test_sweep_equals_the_shared_rule_everywhere(counting):
             assert sweep.harmful_f1[theta][k - 1] == pytest.approx(expected["harmful_f1"], abs=1e-12)
             assert sweep.mean_share_all[theta][k - 1] == pytest.approx(
                 expected["delay"]["harmful"]["mean_share_all"], abs=1e-12)
+            assert sweep.harmful_recall[theta][k - 1] == pytest.approx(expected["harmful_recall"], abs=1e-12)
+            assert sweep.benign_stop_rate[theta][k - 1] == pytest.approx(
+                expected["delay"]["benign"]["stopped_rate"], abs=1e-12)
             # and the rule itself is the shared one, on the tokens that count
             assert stop_indices(records, "token", theta, k, counting) == [
                 delay_k_stop_index([s if counting == "all" or label != -100 else 0.0
@@ -385,6 +391,7 @@ def test_protocols_pick_different_points():
 def test_protocols_without_validation():
     result = partial_protocols(TEST_SPLIT, None, "token", (0.5, 0.8), max_k=3)
     assert result["leak_free"] is None and result["leak_free_early"] is None and result["select_split"] is None
+    assert result["leak_free_budget"] is None and "no val split was scored" in result["leak_free_budget_reason"]
     assert result["leak_free_per_theta"] is None and set(result["paper"]) == {"0.5", "0.8"}
 
 
@@ -413,3 +420,95 @@ def test_full_protocols_leak_free_threshold_from_validation():
     only_high = full_protocols(test, [rec(1, full=0.65, rid="d"), rec(0, full=0.6, rid="e")], (0.7, 0.9))
     assert only_high["fixed"]["theta"] == 0.5 and "0.5" in only_high["by_threshold"]["test"]
     assert only_high["leak_free"]["theta"] == 0.7
+
+
+# ------------------------------------------------------------------------------------------- false-stop budget
+
+
+def budget_grid(macro_f1, rates, shares=None):
+    """A hand-made Sweep with benign stop rates (``{theta: [rate for k = 1..]}``)."""
+    sweep = grid(macro_f1, shares=shares)
+    sweep.benign_stop_rate = rates
+    return sweep
+
+
+# k = 1..3 per theta; a lower threshold or k stops more benign responses and catches more harmful ones.
+BUDGET_F1 = {0.5: [0.90, 0.85, 0.80], 0.8: [0.88, 0.84, 0.70]}
+BUDGET_RATES = {0.5: [0.10, 0.03, 0.02], 0.8: [0.05, 0.02, 0.01]}
+
+
+@pytest.mark.parametrize("budget, expected", [
+    (0.10, (0.5, 1)),   # everything qualifies: the max-F1 point
+    (0.05, (0.8, 1)),   # (0.5, 1) stops 10% of benign responses: out; 0.88 is the best of the rest
+    (0.03, (0.5, 2)),   # the boundary is in: (0.5, 2) stops exactly 3%
+    (0.02, (0.8, 2)),   # (0.5, 3) at 2% scores 0.80 < (0.8, 2)'s 0.84
+    (0.01, (0.8, 3)),   # only one point stops at most 1%, however poor its F1
+])
+def test_budget_rule_picks_the_best_macro_f1_within_the_budget(budget, expected):
+    point = best_within_budget(budget_grid(BUDGET_F1, BUDGET_RATES), budget)
+    assert (point.theta, point.k, point.metric) == (*expected, "macro_f1")
+    assert point.score == BUDGET_F1[expected[0]][expected[1] - 1]
+
+
+def test_budget_rule_reports_none_when_nothing_qualifies():
+    sweep = budget_grid(BUDGET_F1, BUDGET_RATES)
+    assert best_within_budget(sweep, 0.005) is None
+    assert budget_shortfall(sweep, 0.005) == (
+        "no (theta, k) of the grid stops at most 0.5% of the benign val responses (the fewest: 1.00% at theta 0.8, "
+        "k 3); raise --max-benign-stop-rate, or widen the grid (--thresholds up to 0.99, a larger --max-k)")
+    assert MAX_BENIGN_STOP_RATE == 0.02 and best_within_budget(sweep) == best_within_budget(sweep, 0.02)
+    with pytest.raises(ValueError, match=r"a share in \[0, 1\] \(0.02 = 2%"):
+        best_within_budget(sweep, 2)
+    with pytest.raises(ValueError, match="holds no benign stop rates"):
+        best_within_budget(grid(BUDGET_F1), 0.02)
+
+
+def test_budget_rule_ties_go_to_the_earliest_stop_then_k_then_theta():
+    f1 = {0.5: [0.8, 0.8, 0.1 + 0.2], 0.8: [0.8, 0.8, 0.3]}
+    rates = {0.5: [0.0, 0.0, 0.1 + 0.2], 0.8: [0.0, 0.0, 0.0]}
+    # Equal macro-F1 everywhere that counts: the smallest share seen wins, whatever k and theta.
+    shares = {0.5: [0.6, 0.5, 0.4], 0.8: [0.7, 0.3, 0.9]}
+    point = best_within_budget(budget_grid(f1, rates, shares), 0.0)
+    assert (point.theta, point.k) == (0.8, 2)
+    # Equal shares: then the smallest k, then the smallest theta (the other rules' ties).
+    same = {0.5: [0.5, 0.5, 0.5], 0.8: [0.5, 0.5, 0.5]}
+    assert (best_within_budget(budget_grid(f1, rates, same), 0.0).theta,
+            best_within_budget(budget_grid(f1, rates, same), 0.0).k) == (0.5, 1)
+    # No share anywhere (no harmful response with tokens): (0.5, 2) and (0.8, 1) tie; the smaller k wins.
+    point = best_within_budget(budget_grid({0.5: [0.7, 0.8], 0.8: [0.8, 0.1]}, {0.5: [0.0, 0.0], 0.8: [0.0, 0.0]}),
+                               0.0)
+    assert (point.theta, point.k) == (0.8, 1)
+    # Rates and scores are compared rounded: 0.1 + 0.2 is within a 0.3 budget and ties 0.3 on F1.
+    high = {0.5: [0.9, 0.9, 0.1 + 0.2], 0.8: [0.9, 0.9, 0.3]}
+    point = best_within_budget(budget_grid({0.5: [0.1, 0.1, 0.3], 0.8: [0.1, 0.1, 0.1 + 0.2]}, high,
+                                           {0.5: [0.5] * 3, 0.8: [0.5] * 3}), 0.3)
+    assert (point.theta, point.k) == (0.5, 3)
+
+
+def test_budget_protocol_from_records():
+    # Validation, theta 0.5: k = 1 also stops v-b1 (benign stop rate 1/2); k = 2 stops both harmful responses and
+    # no benign one (perfect); theta 0.8 stops only v-b1 at k = 1.
+    result = partial_protocols(TEST_SPLIT, VAL_SPLIT, "token", (0.5, 0.8), max_k=3)
+    assert result["max_benign_stop_rate"] == 0.02 and result["leak_free_budget_reason"] is None
+    assert result["sweep"]["val"]["benign_stop_rate"]["0.5"] == [0.5, 0.0, 0.0]
+    assert result["sweep"]["val"]["harmful_recall"]["0.5"] == [1.0, 1.0, 0.0]
+    budget = result["leak_free_budget"]
+    assert (budget["theta"], budget["k"], budget["protocol"], budget["selected_on"]) == (0.5, 2, "leak_free_budget",
+                                                                                         "val")
+    assert budget["max_benign_stop_rate"] == 0.02 and budget["selection_score"] == 1.0
+    # On validation: v-h1 stops at its 2nd of 2 tokens, v-h2 at its 2nd of 3.
+    assert budget["selection_report"] == {
+        "macro_f1": 1.0, "harmful_recall": 1.0, "harmful_precision": 1.0, "benign_stop_rate": 0.0,
+        "mean_share": pytest.approx((1 + 2 / 3) / 2), "mean_share_all": pytest.approx((1 + 2 / 3) / 2),
+        "n_harmful": 2, "n_benign": 2}
+    # On test it stops t-h2 and t-b1: the reported benign stop rate and harmful recall are both 1/2.
+    assert (budget["report"]["far"], budget["report"]["harmful_recall"]) == (0.5, 0.5)
+    assert result["leak_free"]["selection_report"] == budget["selection_report"]
+    # A budget of 40% with k = 1 only: every point stops half the benign responses.
+    tight = partial_protocols(TEST_SPLIT, VAL_SPLIT, "token", (0.5, 0.8), max_k=1, max_benign_stop_rate=0.4)
+    assert tight["leak_free_budget"] is None and tight["leak_free"] is not None
+    assert tight["leak_free_budget_reason"].startswith("no (theta, k) of the grid stops at most 40% of the benign val "
+                                                       "responses (the fewest: 50.00% at theta 0.5, k 1)")
+    with pytest.raises(ValueError, match="benign stop rate budget"):
+        partial_protocols(TEST_SPLIT, VAL_SPLIT, "token", (0.5,), max_k=1, max_benign_stop_rate=-0.1)
+    assert "leak_free_budget" in PROTOCOLS

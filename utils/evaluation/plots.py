@@ -10,7 +10,10 @@
 - the stop-position histogram (share of tokens seen when stopped, 10% bins) for harmful responses and for benign
   responses stopped by mistake: the paper's "how early" figure;
 - score traces of a few responses: each scorer's per-prefix harmful probability along the response, the
-  threshold, the stop position and the tokens labelled harmful.
+  threshold, the stop position and the tokens labelled harmful;
+- the false-stop trade-off (``recall-vs-benign-stops.png``): harmful recall against the benign stop rate (share of
+  benign responses stopped), one curve per scorer (the upper envelope over the theta x k grid), on the validation
+  and reported splits, with the budget and the points chosen under it: what a deployer's false-stop budget buys.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-_POINT_MARKERS = (("leak_free", "o", "leak-free"), ("leak_free_early", "s", "leak-free, early"))
+_POINT_MARKERS = (("leak_free", "o", "leak-free"), ("leak_free_early", "s", "leak-free, early"),
+                  ("leak_free_budget", "D", "leak-free, budget"))
+TRADE_OFF_PLOT = "recall-vs-benign-stops.png"
 
 
 def _chosen_points(partial: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
@@ -198,6 +203,71 @@ def plot_score_traces(
     return _save(fig, path)
 
 
+def recall_envelope(rates: Sequence[float], recalls: Sequence[float]) -> list[tuple[float, float]]:
+    """The upper envelope of (benign stop rate, harmful recall) points: those no other point beats with a lower or
+    equal rate and a higher recall, by increasing rate (the ROC-like curve of the theta x k grid)."""
+    envelope: list[tuple[float, float]] = []
+    for rate, recall in sorted(zip(rates, recalls), key=lambda item: (item[0], -item[1])):
+        if not envelope or recall > envelope[-1][1]:
+            envelope.append((rate, recall))
+    return envelope
+
+
+def plot_recall_vs_benign_stops(partials: dict[str, dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Harmful recall against benign stop rate, one curve per scorer, a panel per split (selection, reported).
+
+    Each scorer's grid points (every theta and k, every token counted) are drawn faintly, with their upper envelope
+    as the curve; the false-stop budget is a dotted vertical line, and the budget point (diamond) and the max-F1
+    leak-free point (circle) are marked at their values on each split.
+
+    Args:
+        partials: ``{scorer: partial_protocols(...)}`` of one run (``metrics["partial"]``).
+        path: PNG file to write (atomically).
+
+    Returns:
+        The PNG path.
+    """
+    first = next(iter(partials.values()))
+    splits = [s for s in (first.get("select_split"), first["eval_split"]) if s and s in first["sweep"]]
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4.4), squeeze=False, sharey=True)
+    budget = first.get("max_benign_stop_rate")
+    for ax, split in zip(axes[0], splits):
+        for number, (scorer, partial) in enumerate(partials.items()):
+            grid = partial["sweep"].get(split) or {}
+            if "benign_stop_rate" not in grid:
+                continue
+            color = f"C{number}"  # one colour per scorer on both panels
+            rates = [100 * r for values in grid["benign_stop_rate"].values() for r in values]
+            recalls = [100 * r for values in grid["harmful_recall"].values() for r in values]
+            ax.scatter(rates, recalls, s=8, alpha=0.25, color=color)
+            envelope = recall_envelope(rates, recalls)
+            ax.step([e[0] for e in envelope], [e[1] for e in envelope], where="post", color=color, linewidth=1.5,
+                    label=f"{scorer} scorer")
+            for key, marker, label in (("leak_free_budget", "D", "budget"), ("leak_free", "o", "leak-free")):
+                point = partial.get(key)
+                if not point:
+                    continue
+                stats = point.get("selection_report") if split == partial.get("select_split") else None
+                if split == partial["eval_split"]:
+                    stats = {"benign_stop_rate": point["report"]["far"],
+                             "harmful_recall": point["report"]["harmful_recall"]}
+                if stats:
+                    ax.plot([100 * stats["benign_stop_rate"]], [100 * stats["harmful_recall"]], marker=marker,
+                            markersize=9, color=color, markeredgecolor="black", linestyle="none",
+                            label=f"{scorer} {label}: θ={point['theta']:g}, k={point['k']}")
+        if budget is not None:
+            ax.axvline(100 * budget, color="gray", linestyle=":", linewidth=1,
+                       label=f"budget: {100 * budget:g}% benign stops")
+        ax.set_xlabel(f"benign responses stopped on {split} (%)")
+        ax.set_title(f"{split}" + (" (chosen here)" if split == first.get("select_split") else " (reported)"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("harmful responses stopped (recall, %)")
+    fig.suptitle("Harmful recall vs benign stop rate over the θ × k grid (delay-k, every token counted)",
+                 fontsize=10)
+    return _save(fig, path)
+
+
 def _display_point(partial: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The operating point the histogram and traces show: leak-free when validation was scored (the honest setting
     a provider would deploy), else the paper protocol's point at the first threshold (no theta is selected then)."""
@@ -227,6 +297,8 @@ def write_partial_plots(output_dir: Path, metrics: dict[str, Any], eval_records:
                             f"Stop positions, {scorer} scorer ({protocol}: θ={point['theta']:g}, k={point['k']})")
         names += [f"macro-f1-vs-k-{scorer}.png", f"frontier-{scorer}.png", f"stop-histogram-{scorer}.png"]
     if metrics["partial"]:
+        plot_recall_vs_benign_stops(metrics["partial"], output_dir / TRADE_OFF_PLOT)
+        names.append(TRADE_OFF_PLOT)
         point, _ = _display_point(next(iter(metrics["partial"].values())))
         plot_score_traces(eval_records, list(metrics["partial"]), point["theta"], point["k"],
                           output_dir / "score-traces.png")

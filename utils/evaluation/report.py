@@ -8,7 +8,8 @@ nothing else, so a report can be rebuilt at any time:
     bash scripts/run-report.sh runs/eval/scm runs/eval/qwen-full --output report.md   # the same, in the .venv
 
 Two tables. The main one holds, per run, full detection at the fixed threshold and at the leak-free threshold, and
-partial detection at the two leak-free operating points (max macro-F1; earliest within the selection tolerance).
+partial detection at the leak-free operating points (max macro-F1; earliest within the selection tolerance; best
+within the false-stop budget).
 The second holds the paper protocol: one row per threshold, k chosen on the reported split by harmful-class F1.
 Columns follow the paper's Table 2 (benign P/R/F1, harmful P/R/F1, macro-F1, in %), plus theta, k, the number of
 reported examples and, for partial detection, how early harmful responses were stopped.
@@ -49,26 +50,34 @@ DELAY_COLUMNS = (
 )
 # Row protocol names (stable, machine-readable) -> table labels.
 PROTOCOL_LABELS = {"fixed": "fixed", "leak-free": "leak-free", "leak-free-early": "leak-free, early",
-                   "paper": "paper (per θ)"}
+                   "leak-free-budget": "leak-free, budget", "paper": "paper (per θ)"}
+# Partial-detection rows chosen on validation: (row protocol, summary key).
+LEAK_FREE_PROTOCOLS = (("leak-free", "leak_free"), ("leak-free-early", "leak_free_early"),
+                       ("leak-free-budget", "leak_free_budget"))
 
 
 def _points(value: float) -> str:
     return f"{100 * value:g}"
 
 
-def protocol_note(tolerances: Sequence[float] = (0.01,)) -> str:
+def protocol_note(tolerances: Sequence[float] = (0.01,), budgets: Sequence[float] = (0.02,)) -> str:
     """How the rows were chosen and what the delay columns mean (markdown paragraph).
 
     Args:
         tolerances: the selection tolerances (fractions) of the runs shown.
+        budgets: the false-stop budgets (shares of benign responses) of the runs shown.
     """
     values = sorted({_points(t) for t in tolerances}) or ["1"]
     tolerance = " / ".join(values) + (" macro-F1 point" if values == ["1"] else " macro-F1 points")
+    budget = " / ".join(sorted({_points(b) for b in budgets}) or ["2"]) + "%"
     return (
         "How the rows were chosen. *leak-free*: θ and k chosen together on the validation split by macro-F1 (ties: "
         "smallest k, then smallest θ) and reported on the test split. *leak-free, early*: among the (θ, k) whose "
         f"validation macro-F1 is within {tolerance} of the best, the smallest k, then the smallest θ "
-        "(an earlier stop for at most that loss on validation). Both count every response token towards k, as a "
+        "(an earlier stop for at most that loss on validation). *leak-free, budget*: among the (θ, k) that stop at "
+        f"most {budget} of the benign validation responses (the false-stop budget, `--max-benign-stop-rate`), the "
+        "best validation macro-F1 (ties: the earliest stop, then smallest k, then smallest θ); its *Benign R* on "
+        "test is 100% minus its test benign stop rate. All three count every response token towards k, as a "
         "deployed monitor (which has no labels) and the streaming runtime do. *paper (per θ)*: what the paper's "
         "public evaluation computes: for each θ separately, the k in 1..max k with the best harmful-class F1 on the "
         "reported split itself (the first k on ties), counting only response tokens that carry a label (tokens "
@@ -105,7 +114,8 @@ def _row_context(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _metric_fields(report: dict[str, Any]) -> dict[str, Any]:
-    return {key: report[key] for key, _ in METRIC_COLUMNS}
+    # benign_stop_rate: benign responses flagged (stopped) / benign responses, the false-stop budget's measure.
+    return {**{key: report[key] for key, _ in METRIC_COLUMNS}, "benign_stop_rate": report["far"]}
 
 
 def full_rows(summary: dict[str, Any], full: dict[str, Any]) -> list[dict[str, Any]]:
@@ -127,16 +137,19 @@ def full_rows(summary: dict[str, Any], full: dict[str, Any]) -> list[dict[str, A
 def _partial_row(context: dict[str, Any], scorer: str, protocol: str, point: dict[str, Any],
                  tolerance: float | None) -> dict[str, Any]:
     harmful = point["report"]["delay"]["harmful"]
-    return {**context, "mode": "partial", "scorer": scorer, "protocol": protocol, "theta": point["theta"],
-            "k": point["k"], "counting": point["counting"], "selected_on": point["selected_on"],
-            "selection_metric": point["selection_metric"], "selection_score": point["selection_score"],
-            "tolerance": tolerance, **_metric_fields(point["report"]),
-            **{key: harmful[key] for key, _ in DELAY_COLUMNS}}
+    row = {**context, "mode": "partial", "scorer": scorer, "protocol": protocol, "theta": point["theta"],
+           "k": point["k"], "counting": point["counting"], "selected_on": point["selected_on"],
+           "selection_metric": point["selection_metric"], "selection_score": point["selection_score"],
+           "tolerance": tolerance, **_metric_fields(point["report"]),
+           **{key: harmful[key] for key, _ in DELAY_COLUMNS}}
+    if "max_benign_stop_rate" in point:
+        row["max_benign_stop_rate"] = point["max_benign_stop_rate"]
+    return row
 
 
 def partial_rows(summary: dict[str, Any], partial: dict[str, Any]) -> list[dict[str, Any]]:
-    """Table rows for partial detection with one scorer: the two leak-free points (when validation was scored),
-    then the paper protocol's point for each threshold.
+    """Table rows for partial detection with one scorer: the leak-free points (when validation was scored and the
+    rule chose one), then the paper protocol's point for each threshold.
 
     Args:
         summary: the run summary.
@@ -145,7 +158,7 @@ def partial_rows(summary: dict[str, Any], partial: dict[str, Any]) -> list[dict[
     context = _row_context(summary)
     scorer, tolerance = partial["scorer"], partial.get("selection_tolerance")
     rows = []
-    for protocol, key in (("leak-free", "leak_free"), ("leak-free-early", "leak_free_early")):
+    for protocol, key in LEAK_FREE_PROTOCOLS:
         if partial.get(key):
             rows.append(_partial_row(context, scorer, protocol, partial[key],
                                      tolerance if protocol == "leak-free-early" else None))
@@ -170,6 +183,8 @@ def _protocol_label(row: dict[str, Any]) -> str:
     label = PROTOCOL_LABELS.get(row["protocol"], row["protocol"])
     if row["protocol"] == "leak-free-early" and row.get("tolerance") is not None:
         label += f" (≤{_points(row['tolerance'])} pt)"
+    if row["protocol"] == "leak-free-budget" and row.get("max_benign_stop_rate") is not None:
+        label += f" (≤{_points(row['max_benign_stop_rate'])}% benign stops)"
     return label
 
 
@@ -240,6 +255,35 @@ def _delay_lines(title: str, group: dict[str, Any]) -> list[str]:
     ]
 
 
+def _operating_points_lines(partial: dict[str, Any]) -> list[str]:
+    """The leak-free points side by side, with what a deployer weighs: harmful recall against the benign stop rate
+    (share of benign responses stopped), on the selection split and the reported split."""
+    select, report = partial.get("select_split"), partial["eval_split"]
+    if not select:
+        return []
+    budget = partial.get("max_benign_stop_rate")
+    lines = [f"Operating points (chosen on `{select}`; *Benign stops*: benign responses stopped / benign responses; "
+             f"false-stop budget {_points(budget) if budget is not None else '–'}%):", "",
+             f"| rule | θ | k | {select} Macro-F1 | {select} Harmful R | {select} Benign stops | {select} Seen (all) | "
+             f"{report} Macro-F1 | {report} Harmful R | {report} Benign stops | {report} Seen (all) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (protocol, key), label in zip(LEAK_FREE_PROTOCOLS, ("leak-free", "leak-free, early", "leak-free, budget")):
+        point = partial.get(key)
+        if not point:
+            reason = partial.get(f"{key}_reason")
+            lines.append(f"| {label} | – | – | " + " | ".join(["–"] * 8) + " |" if not reason else
+                         f"| {label} | – | – | none: {reason} |" + " |" * 7)
+            continue
+        chosen = point.get("selection_report") or {}
+        test = point["report"]
+        lines.append(f"| {label} | {point['theta']:g} | {point['k']} | {_pct(chosen.get('macro_f1'))} | "
+                     f"{_pct(chosen.get('harmful_recall'))} | {_pct(chosen.get('benign_stop_rate'))} | "
+                     f"{_pct(chosen.get('mean_share_all'))} | {_pct(test['macro_f1'])} | "
+                     f"{_pct(test['harmful_recall'])} | "
+                     f"{_pct(test['far'])} | {_pct(test['delay']['harmful']['mean_share_all'])} |")
+    return lines + [""]
+
+
 def _partial_section(partial: dict[str, Any], eval_split: str) -> list[str]:
     scorer = partial["scorer"]
     free_by_theta = partial.get("leak_free_per_theta") or {}
@@ -260,7 +304,9 @@ def _partial_section(partial: dict[str, Any], eval_split: str) -> list[str]:
             cells += ["–"] * 4
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for protocol, key in (("leak-free", "leak_free"), ("leak-free, early", "leak_free_early")):
+    lines += _operating_points_lines(partial)
+    for protocol, key in (("leak-free", "leak_free"), ("leak-free, early", "leak_free_early"),
+                          ("leak-free, budget", "leak_free_budget")):
         point = partial.get(key)
         if not point:
             continue
@@ -318,7 +364,7 @@ def run_report(summary: dict[str, Any]) -> str:
         f"## Response-level results (`{summary.get('eval_split')}`, %)",
         "",
         *_tables(summary.get("rows") or summary_rows(summary), "###"),
-        protocol_note([summary.get("selection_tolerance", 0.01)]),
+        protocol_note([summary.get("selection_tolerance", 0.01)], [summary.get("max_benign_stop_rate", 0.02)]),
         "",
     ]
     if summary.get("full"):
@@ -431,8 +477,10 @@ def merged_report(run_dirs: Sequence[str | os.PathLike]) -> str:
             line += f"; its full-detection rows are those of `{replaced[run_dir]}` (same checkpoint and data)"
         sources.append(line)
     tolerances = [s.get("selection_tolerance", 0.01) for _, s in summaries if s.get("partial")]
+    budgets = [s.get("max_benign_stop_rate", 0.02) for _, s in summaries if s.get("partial")]
     return "\n".join(["# SCM evaluation report", "", "Macro-F1, per-class P/R/F1 and delays in %.", "",
-                      *_tables(rows, "##"), protocol_note(tolerances or [0.01]), "", "Runs:", "", *sources, ""])
+                      *_tables(rows, "##"), protocol_note(tolerances or [0.01], budgets or [0.02]), "", "Runs:", "",
+                      *sources, ""])
 
 
 @dataclass

@@ -12,6 +12,7 @@ Commands::
     python -m utils.evaluation.rescore results/realmix/scm results/realmix/qwen-full
     python -m utils.evaluation.rescore runs/eval/* --report runs/eval/report.md        # and merge them into one report
     python -m utils.evaluation.rescore runs/eval/scm --selection-tolerance 0.5 --max-k 30
+    python -m utils.evaluation.rescore runs/eval/scm --max-benign-stop-rate 0.01      # another false-stop budget
     bash scripts/run-rescore.sh results/realmix/scm --report results/realmix/report.md   # the same, in the .venv
 
 Summaries written before paths were made portable (absolute paths, the script's file as the command's first word)
@@ -33,7 +34,7 @@ from typing import Any, Sequence
 
 from utils.evaluation.outputs import portable_command, write_evaluation_outputs
 from utils.io_utils import DataFormatError, atomic_write, read_json
-from utils.metrics import MAX_K, SELECTION_TOLERANCE, THRESHOLDS
+from utils.metrics import MAX_BENIGN_STOP_RATE, MAX_K, SELECTION_TOLERANCE, THRESHOLDS
 from utils.evaluation.predictions import predictions_path, read_predictions, read_predictions_meta
 
 logger = logging.getLogger("rescore")
@@ -50,6 +51,7 @@ class RescoreArguments:
         thresholds: comma-separated theta grid; None keeps each run's own.
         max_k: k grid upper bound; None keeps each run's own.
         selection_tolerance: early leak-free rule tolerance in macro-F1 points; None keeps each run's own.
+        max_benign_stop_rate: the false-stop budget rule's budget (a share); None keeps each run's own.
         report: merged report of the re-scored folders to write (markdown); None writes none.
         repo_root: repository the recorded absolute paths belong to; None reads it from the recorded command.
     """
@@ -58,6 +60,7 @@ class RescoreArguments:
     thresholds: str | None = None
     max_k: int | None = None
     selection_tolerance: float | None = None
+    max_benign_stop_rate: float | None = None
     report: str | None = None
     repo_root: str | None = None
 
@@ -106,6 +109,7 @@ def rescore_run(
     max_k: int | None = None,
     tolerance_points: float | None = None,
     repo_root: str | None = None,
+    max_benign_stop_rate: float | None = None,
 ) -> dict[str, Any]:
     """Recompute every output of one evaluation folder from its predictions files.
 
@@ -114,6 +118,7 @@ def rescore_run(
         thresholds, max_k, tolerance_points: override the run's own grid and selection tolerance (points).
         repo_root: repository the recorded absolute paths belong to (default: read from the recorded command, else
             this repository).
+        max_benign_stop_rate: override the run's own false-stop budget (a share).
 
     Returns:
         The new summary (written to ``<run_dir>/summary.json``).
@@ -142,6 +147,10 @@ def rescore_run(
                                                                               100 * SELECTION_TOLERANCE)
     if not (math.isfinite(points) and 0.0 <= points <= 100.0):
         raise ValueError(f"--selection-tolerance is in macro-F1 points, from 0 to 100, got {points}")
+    budget = max_benign_stop_rate if max_benign_stop_rate is not None else arguments.get(
+        "max_benign_stop_rate", MAX_BENIGN_STOP_RATE)
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and 0.0 <= budget <= 1.0):
+        raise ValueError(f"--max-benign-stop-rate is a share of benign responses from 0 to 1 (e.g. 0.02), got {budget}")
     # The recorded flags change only where this call overrides them (or predates them), so that re-scoring with
     # the code that wrote a folder reproduces its summary.
     if thresholds is not None or "thresholds" not in arguments:
@@ -150,6 +159,8 @@ def rescore_run(
         arguments["max_k"] = k_max
     if tolerance_points is not None or "selection_tolerance" not in arguments:
         arguments["selection_tolerance"] = points
+    if max_benign_stop_rate is not None or "max_benign_stop_rate" not in arguments:
+        arguments["max_benign_stop_rate"] = budget
     script = before.get("script") or last.get("script")
     model = dict(before.get("model") or {})
     if not model:
@@ -169,7 +180,8 @@ def rescore_run(
     facts = {"script": script, "arguments": arguments, "command": command, "model": model, "data": data,
              "runtime": runtime}
     summary = write_evaluation_outputs(run_dir, records, facts=facts, scorers=scorers, thresholds=grid,
-                                       max_k=k_max, tolerance=points / 100, root=root)
+                                       max_k=k_max, tolerance=points / 100, root=root,
+                                       max_benign_stop_rate=budget)
     _remove_stale_outputs(run_dir, before, summary)
     return summary
 
@@ -181,7 +193,7 @@ def _remove_stale_outputs(run_dir: Path, before: dict[str, Any], after: dict[str
     new = set(after["files"]["metrics"]) | set(after["plots"])
     for name in sorted(old - new):
         if "/" in name or not name.startswith(("metrics-", "macro-f1-", "stop-histogram-", "score-traces",
-                                                "frontier-")):
+                                                "frontier-", "recall-vs-benign-stops")):
             continue  # only files an evaluation writes, never a path elsewhere
         with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()
@@ -200,6 +212,10 @@ def parse_args(argv: list[str] | None = None) -> RescoreArguments:
     parser.add_argument("--selection-tolerance", "--selection_tolerance", dest="selection_tolerance", type=float,
                         default=None, help="early leak-free rule tolerance in macro-F1 points (default: each run's "
                                            f"own, else {100 * SELECTION_TOLERANCE:g})")
+    parser.add_argument("--max-benign-stop-rate", "--max_benign_stop_rate", dest="max_benign_stop_rate", type=float,
+                        default=None, help="false-stop budget of the leak_free_budget rule, a share of the benign "
+                                           f"validation responses (default: each run's own, else "
+                                           f"{MAX_BENIGN_STOP_RATE:g})")
     parser.add_argument("--report", default=None, help="also write the merged report of these folders to this file")
     parser.add_argument("--repo-root", "--repo_root", dest="repo_root", default=None,
                         help="repository the recorded absolute paths belong to (default: read from the recorded "
@@ -223,7 +239,8 @@ def main(args: RescoreArguments) -> list[dict[str, Any]]:
         thresholds = parse_thresholds(args.thresholds)
     summaries = []
     for run_dir in args.run_dirs:
-        summaries.append(rescore_run(run_dir, thresholds, args.max_k, args.selection_tolerance, args.repo_root))
+        summaries.append(rescore_run(run_dir, thresholds, args.max_k, args.selection_tolerance, args.repo_root,
+                                     args.max_benign_stop_rate))
         logger.info("re-scored %s", run_dir)
     if args.report:
         with atomic_write(args.report) as handle:

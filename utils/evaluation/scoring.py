@@ -2,7 +2,7 @@
 inference, and the flow "predictions file -> metrics -> plots -> summary -> report".
 
 Inference is built for throughput and bounded memory: batches are length-sorted with dynamic padding (never padded
-to a fixed 4096, which DESIGN.md section 4 measured as the paper code's main cost), right-padded, run under
+to a fixed 4096, the paper code's main cost: 8.6 against 283 examples/s measured on one H200), right-padded, run under
 ``torch.inference_mode``, and the results are put back in data order. The encoder's partial mode re-classifies
 every response prefix; prefixes are produced lazily and sorted within a bounded buffer, so a split's prefixes are
 never all in memory at once.
@@ -25,15 +25,17 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
+from utils.evaluation.operating_point import record_operating_point
 from utils.evaluation.outputs import portable_command, portable_path, write_evaluation_outputs
 from utils.io_utils import DataFormatError, read_json
-from utils.metrics import MAX_K, SELECTION_TOLERANCE, THRESHOLDS
+from utils.metrics import MAX_BENIGN_STOP_RATE, MAX_K, SELECTION_TOLERANCE, THRESHOLDS
 from utils.evaluation.predictions import make_record, predictions_path, read_predictions, write_predictions
 from utils.data.processed_data import check_vocabulary, load_meta, load_split
 
 logger = logging.getLogger("evaluation")
 
 SPLITS = ("train", "val", "test")
+DEFAULT_OPERATING_POINTS = ("leak_free", "leak_free_early", "budget")
 CAUSAL_TASKS = ("scm", "qwen-full")
 ENCODER_TASKS = ("encoder-full",)
 LEXICAL_TASKS = ("lexical",)
@@ -67,6 +69,13 @@ class EvalArguments:
     selection_tolerance: float = field(default=100 * SELECTION_TOLERANCE, metadata={
         "help": "Macro-F1 points the early leak-free rule may give up on validation for an earlier stop: it picks "
                 "the smallest k, then theta, within this many points of the best (0 = the max-F1 rule)."})
+    max_benign_stop_rate: float = field(default=MAX_BENIGN_STOP_RATE, metadata={
+        "help": "False-stop budget of the leak_free_budget rule: the share of benign validation responses the "
+                "monitor may stop (0.02 = 2%); among the (theta, k) within it, the best validation macro-F1."})
+    default_operating_point: str = field(default="leak_free", metadata={
+        "help": "Partial runs: which chosen point operating_point.json (written into --model-path) marks as the "
+                "one to serve when run-serve.sh / run-stream.sh get no --operating-point.",
+        "choices": ["leak_free", "leak_free_early", "budget"]})
     limit: int | None = field(default=None, metadata={"help": "Score only the first N examples of each split."})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."})
@@ -127,6 +136,12 @@ def check_common_args(args: EvalArguments) -> tuple[list[str], list[float]]:
     if not (math.isfinite(args.selection_tolerance) and 0.0 <= args.selection_tolerance <= 100.0):
         raise ValueError(f"--selection-tolerance is in macro-F1 points, from 0 to 100 (e.g. 1.0), got "
                          f"{args.selection_tolerance}")
+    if not (math.isfinite(args.max_benign_stop_rate) and 0.0 <= args.max_benign_stop_rate <= 1.0):
+        raise ValueError(f"--max-benign-stop-rate is a share of the benign validation responses, from 0 to 1 (e.g. "
+                         f"0.02 for 2%), got {args.max_benign_stop_rate}")
+    if args.default_operating_point not in DEFAULT_OPERATING_POINTS:
+        raise ValueError(f"--default-operating-point must be one of {', '.join(DEFAULT_OPERATING_POINTS)}, got "
+                         f"{args.default_operating_point!r}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1 (or left out for the whole split), got {args.limit}")
     return parse_splits(args.splits), parse_thresholds(args.thresholds)
@@ -593,7 +608,8 @@ def run_evaluation(
     load_model: LoadFn | None = None,
 ) -> dict[str, Any]:
     """The flow every entry point shares: load, score each split, write predictions, then metrics from the files,
-    plots, ``summary.json`` and ``report.md``.
+    plots, ``summary.json`` and ``report.md``; a partial run then records its chosen operating points in the
+    checkpoint folder (``operating_point.json``, :mod:`utils.evaluation.operating_point`).
 
     Args:
         args: parsed flags.
@@ -667,6 +683,10 @@ def run_evaluation(
     }
     summary = write_evaluation_outputs(output_dir, records_by_split, facts=facts, scorers=scorers,
                                        thresholds=thresholds, max_k=args.max_k,
-                                       tolerance=args.selection_tolerance / 100)
+                                       tolerance=args.selection_tolerance / 100,
+                                       max_benign_stop_rate=args.max_benign_stop_rate)
     logger.info("wrote %s", output_dir / "report.md")
+    if scorers:  # partial detection: the chosen points travel with the checkpoint (full detection chooses none)
+        record_operating_point(args.model_path, summary, output_dir=args.output_dir, limit=args.limit,
+                               default=args.default_operating_point)
     return summary

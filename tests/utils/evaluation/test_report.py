@@ -57,6 +57,9 @@ EXPECTED_ROWS = [
     # Nothing else is within one point on validation: the early rule picks the same point.
     "| SCM (ckpt) | partial* (token) | leak-free, early (≤1 pt) | 0.5 | 2 | 4 | " + FIFTY
     + " | 100.00 | 100.00 | 0.00 | 0.00 |",
+    # (0.5, 2) stops no benign validation response (v-b1 has one flagged token): within the 2% budget, and the best.
+    "| SCM (ckpt) | partial* (token) | leak-free, budget (≤2% benign stops) | 0.5 | 2 | 4 | " + FIFTY
+    + " | 100.00 | 100.00 | 0.00 | 0.00 |",
 ]
 EXPECTED_PAPER_ROWS = [
     # theta 0.5: k = 1 (harmful F1 4/5) flags t-h1, t-h2, t-b1; t-h1 stops at 1/1 token, t-h2 at 1/2: 75% seen.
@@ -72,8 +75,10 @@ def test_rows_table_pinned():
     rows = make_summary()["rows"]
     assert [(r["mode"], r["protocol"], r["theta"], r["k"]) for r in rows] == [
         ("full", "fixed", 0.5, None), ("full", "leak-free", 0.7, None), ("partial", "leak-free", 0.5, 2),
-        ("partial", "leak-free-early", 0.5, 2), ("partial", "paper", 0.5, 1), ("partial", "paper", 0.8, 1)]
-    assert [r["counting"] for r in rows[2:]] == ["all", "all", "labelled", "labelled"]
+        ("partial", "leak-free-early", 0.5, 2), ("partial", "leak-free-budget", 0.5, 2), ("partial", "paper", 0.5, 1),
+        ("partial", "paper", 0.8, 1)]
+    assert [r["counting"] for r in rows[2:]] == ["all", "all", "all", "labelled", "labelled"]
+    assert rows[4]["max_benign_stop_rate"] == 0.02 and rows[4]["benign_stop_rate"] == 0.5  # t-b1 is stopped on test
     table = rows_table([r for r in rows if r["protocol"] != "paper"]).splitlines()
     assert table[0] == ("| Model | Mode | Protocol | θ | k | n | Benign P | Benign R | Benign F1 | Harmful P "
                         "| Harmful R | Harmful F1 | Macro-F1 | Seen | Seen (all) | ≤10% | ≤30% |")
@@ -127,14 +132,15 @@ def test_merged_report_shows_each_run_once(tmp_path):
     text = merged_report([scm, again, encoder, encoder_partial, other_data])
     main, paper = text.split("## Paper protocol")
     rows = [line for line in main.splitlines() if line.startswith("| ") and "(" in line.split("|")[1]]
-    assert rows[:4] == EXPECTED_ROWS  # the second SCM folder adds nothing
-    modes = [(r.split("|")[1].strip(), r.split("|")[2].strip(), r.split("|")[3].strip()) for r in rows[4:]]
-    assert modes == [("Encoder baseline (enc)", "full", "fixed"), ("Encoder baseline (enc)", "full", "leak-free"),
-                     ("Encoder baseline (enc)", "partial* (token)", "leak-free"),
+    assert rows[:5] == EXPECTED_ROWS  # the second SCM folder adds nothing
+    modes = [(r.split("|")[1].strip(), r.split("|")[2].strip(), r.split("|")[3].strip()) for r in rows[5:]]
+    partial_modes = [("Encoder baseline (enc)", "partial* (token)", "leak-free"),
                      ("Encoder baseline (enc)", "partial* (token)", "leak-free, early (≤1 pt)"),
+                     ("Encoder baseline (enc)", "partial* (token)", "leak-free, budget (≤2% benign stops)")]
+    assert modes == [("Encoder baseline (enc)", "full", "fixed"), ("Encoder baseline (enc)", "full", "leak-free"),
+                     *partial_modes,
                      ("Encoder baseline (enc)", "full", "fixed"), ("Encoder baseline (enc)", "full", "leak-free"),
-                     ("Encoder baseline (enc)", "partial* (token)", "leak-free"),
-                     ("Encoder baseline (enc)", "partial* (token)", "leak-free, early (≤1 pt)")]
+                     *partial_modes]
     paper_rows = [line for line in paper.splitlines() if line.startswith("| Encoder baseline (enc) | partial* ")]
     assert [line.split("|")[3:5] for line in paper_rows] == [[" 0.5 ", " 1 "], [" 0.8 ", " 1 "]] * 2
     assert (f"- `{encoder_partial}`: test.test_qwen_partial on `./data/` (`test` split, 4 examples); its "
