@@ -455,3 +455,51 @@ def test_prepare_example_truncation_keeps_or_drops_the_suffix():
     assert empty.n_response_tokens == 0
     with pytest.raises(DataFormatError, match="f, line 1: field 'response_start' = 9 is outside"):
         prepare_example({**record, "response_start": 9}, "f, line 1", 64, True, True)
+
+
+@pytest.fixture(scope="module")
+def category_checkpoint(tmp_path_factory, tiny_causal_backbone) -> Path:
+    torch.manual_seed(2)
+    model = SCMModel(SCMConfig(backbone_config=tiny_qwen2_config().to_dict(), task="scm", pooling_pad_token_id=0))
+    model.add_category_head(["hate", "illicit"])
+    return _save(model, tiny_causal_backbone, tmp_path_factory.mktemp("category-ckpt"))
+
+
+def test_run_scm_test_reports_per_category_numbers(category_checkpoint, tiny_categorised_data, tmp_path):
+    out = tmp_path / "eval"
+    summary = test_qwen_partial.main(_args(test_qwen_partial, category_checkpoint, tiny_categorised_data, out))
+    records = read_predictions(out / "predictions-test.jsonl")
+    assert {r["category"] for r in records} == {None, "hate", "illicit"}
+    assert all(len(r["category_ids"]) == r["n_response_tokens"] for r in records)
+    section = summary["categories"]
+    assert section["head_labels"] == ["hate", "illicit"]
+    entry = section["by_scorer"]["token"]["leak_free"]
+    point = summary["partial"]["token"]["leak_free"]
+    assert (entry["theta"], entry["k"]) == (point["theta"], point["k"])
+    harmful = [r for r in records if r["label"] == 1]
+    assert sum(row["harmful"] for row in entry["per_category"].values()) == len(harmful)
+    # recall per category recomputed by hand from the predictions file
+    for name, row in entry["per_category"].items():
+        members = [r for r in harmful if r["category"] == name]
+        stopped = [r for r in members if delay_k_stop_index(r["scores"]["token"], point["theta"], point["k"]) is not None]
+        assert row["recall"] == pytest.approx(len(stopped) / len(members))
+    named = entry["named_at_stop"]
+    assert named is not None and named["responses"] == sum(row["stopped"] for row in entry["per_category"].values())
+    report = (out / "report.md").read_text()
+    assert "## Harm categories" in report and "named right at the stop" in report
+    if named["responses"]:
+        assert (out / "categories-confusion-token.png").is_file()
+
+
+def test_a_checkpoint_without_the_head_on_categorised_data_reports_recall_only(scm_checkpoint, tiny_categorised_data,
+                                                                                tmp_path):
+    summary = test_qwen_partial.main(_args(test_qwen_partial, scm_checkpoint, tiny_categorised_data, tmp_path / "e"))
+    assert summary["categories"]["head_labels"] is None
+    assert summary["categories"]["by_scorer"]["token"]["leak_free"]["named_at_stop"] is None
+    assert "category_ids" not in read_predictions(tmp_path / "e" / "predictions-test.jsonl")[0]
+
+
+def test_data_without_categories_has_no_category_section(scm_checkpoint, tiny_processed_data, tmp_path):
+    summary = test_qwen_partial.main(_args(test_qwen_partial, scm_checkpoint, tiny_processed_data, tmp_path / "e"))
+    assert "categories" not in summary
+    assert "category" not in read_predictions(tmp_path / "e" / "predictions-test.jsonl")[0]

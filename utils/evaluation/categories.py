@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from utils.data.categories import ordered_categories
+from utils.metrics import stop_indices
 
 MIN_SUPPORT = 20
+# The leak-free rules whose operating points get a per-category table (utils/metrics.py names them).
+CATEGORY_RULES = ("leak_free", "leak_free_early", "leak_free_budget")
 
 
 def _shares(records: Sequence[dict[str, Any]], stops: Sequence[int | None]) -> list[float]:
@@ -177,3 +180,78 @@ def write_confusion_plot(named: Mapping[str, Any], path: str | Path, title: str)
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def has_category_labels(records: Sequence[dict[str, Any]]) -> bool:
+    """True when the prediction records carry the data's harm categories (realmix2-style data)."""
+    return any("category" in record for record in records)
+
+
+def category_summary(
+    records: Sequence[dict[str, Any]],
+    partial: Mapping[str, Mapping[str, Any]],
+    head_labels: Sequence[str] | None,
+    min_support: int = MIN_SUPPORT,
+) -> dict[str, Any]:
+    """Per category, at each leak-free operating point of each scorer: recall, share seen, and the category the
+    head names at the stop.
+
+    Args:
+        records: the reported split's prediction records (with ``category``; ``category_ids`` with a head).
+        partial: ``summary["partial"]``: per scorer, the protocols' points (``leak_free`` etc. with theta and k).
+        head_labels: the checkpoint's category names, or None (no head: no confusion matrix).
+        min_support: see :func:`per_category`.
+
+    Returns:
+        ``{"head_labels", "min_support", "by_scorer": {scorer: {rule: {"theta", "k", "per_category",
+        "named_at_stop"}}}}``.
+    """
+    categories = {str(r["id"]): r.get("category") for r in records}
+    by_scorer: dict[str, dict[str, Any]] = {}
+    for scorer, protocols in partial.items():
+        rules = {}
+        for rule in CATEGORY_RULES:
+            point = protocols.get(rule)
+            if not point:
+                continue
+            stops = stop_indices(records, scorer, point["theta"], point["k"])
+            rules[rule] = {
+                "theta": point["theta"], "k": point["k"],
+                "per_category": per_category(records, stops, categories, min_support),
+                "named_at_stop": named_at_stop(records, stops, categories, head_labels) if head_labels else None,
+            }
+        by_scorer[scorer] = rules
+    return {"head_labels": list(head_labels) if head_labels else None, "min_support": min_support,
+            "by_scorer": by_scorer}
+
+
+def category_report_section(summary: Mapping[str, Any]) -> str:
+    """The report.md section of :func:`category_summary` (empty when the data name no categories)."""
+    section = summary.get("categories")
+    if not section:
+        return ""
+    lines = ["", "## Harm categories", "",
+             f"Per labelled category of the {summary.get('eval_split')} split, at each leak-free operating point "
+             f"(categories with fewer than {section['min_support']} harmful responses are marked thin)."]
+    if not section.get("head_labels"):
+        lines.append("The checkpoint has no category head (`--category-head`): recall and share seen only.")
+    for scorer, rules in section["by_scorer"].items():
+        for rule, entry in rules.items():
+            lines += ["", f"### {scorer} scorer, {rule} (theta {entry['theta']:g}, k {entry['k']})", "",
+                      category_markdown(entry["per_category"], entry["named_at_stop"]).rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def write_category_plots(output_dir: str | Path, summary: Mapping[str, Any]) -> list[str]:
+    """The confusion matrix of the category named at the stop, at each scorer's leak-free point (a checkpoint with
+    a category head only); returns the file names written."""
+    names = []
+    for scorer, rules in summary["categories"]["by_scorer"].items():
+        entry = rules.get("leak_free")
+        if entry and entry["named_at_stop"] and entry["named_at_stop"]["responses"]:
+            name = f"categories-confusion-{scorer}.png"
+            write_confusion_plot(entry["named_at_stop"], Path(output_dir) / name,
+                                 f"{scorer} scorer, leak-free point (theta {entry['theta']:g}, k {entry['k']}): "
+                                 f"category named at the stop")
+            names.append(name)
+    return names

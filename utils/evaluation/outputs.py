@@ -150,6 +150,7 @@ def write_evaluation_outputs(
     Returns:
         The summary (also written to ``<output_dir>/summary.json``).
     """
+    from utils.evaluation.categories import category_summary, has_category_labels, write_category_plots
     from utils.evaluation.plots import write_partial_plots
     from utils.evaluation.report import summary_rows, write_run_report
 
@@ -183,6 +184,11 @@ def write_evaluation_outputs(
         "plots": plots,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    eval_records = records_by_split[metrics["eval_split"]]
+    if scorers and has_category_labels(eval_records):  # data labelled with harm categories (realmix2)
+        summary["categories"] = category_summary(eval_records, metrics["partial"],
+                                                 (summary["model"] or {}).get("category_labels"))
+        summary["plots"] = list(summary["plots"]) + write_category_plots(output_dir, summary)
     summary["rows"] = summary_rows(summary)
     write_run_report(output_dir, summary)
     write_json(output_dir / "summary.json", summary)

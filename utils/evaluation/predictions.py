@@ -50,6 +50,8 @@ def make_record(
     token_labels: Sequence[int],
     scores: dict[str, Sequence[float]] | None = None,
     full_score: float | None = None,
+    category: str | None | object = ...,
+    category_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Build one prediction record, rounding scores to :data:`SCORE_DECIMALS`.
 
@@ -60,6 +62,9 @@ def make_record(
         token_labels: labels of the response tokens only (their count is ``n_response_tokens``).
         scores: per scorer name, one harmful probability per response token (the prefix ending at that token).
         full_score: harmful probability of the whole response.
+        category: the data's harm category of the response (None for benign); left out (``...``) for data
+            without categories.
+        category_ids: a category head's most likely category (index into its labels) per response token.
 
     Returns:
         The record as a JSON-ready dict (not yet validated; :func:`write_predictions` validates).
@@ -75,6 +80,10 @@ def make_record(
         record["scores"] = {name: [round(float(s), SCORE_DECIMALS) for s in values] for name, values in scores.items()}
     if full_score is not None:
         record["full_score"] = round(float(full_score), SCORE_DECIMALS)
+    if category is not ...:
+        record["category"] = category
+    if category_ids is not None:
+        record["category_ids"] = [int(i) for i in category_ids]
     return record
 
 
@@ -148,6 +157,12 @@ def validate_record(
         if not isinstance(scores, dict) or name not in scores:
             have = sorted(scores) if isinstance(scores, dict) else []
             fail(f"scores.{name}", f"is missing (scorers present: {have}); evaluate with a script that writes it")
+    if "category" in record and record["category"] is not None and not isinstance(record["category"], str):
+        fail("category", f"must be a category name or null, got {record['category']!r}")
+    if "category_ids" in record:
+        ids = record["category_ids"]
+        if not isinstance(ids, list) or len(ids) != n or not all(_is_int(i) and i >= 0 for i in ids):
+            fail("category_ids", f"must be a list of n_response_tokens={n} category indices >= 0")
     if "full_score" in record and not _is_probability(record["full_score"]):
         fail("full_score", f"must be a probability in [0, 1], got {record['full_score']!r}")
     if require_full_score and "full_score" not in record:

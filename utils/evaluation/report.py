@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from utils.io_utils import DataFormatError, atomic_write, read_json
 from utils.metrics import DELAY_BIN_LABELS
+from utils.evaluation.categories import category_report_section
 
 SUMMARY_NAME = "summary.json"
 REPORT_NAME = "report.md"
@@ -382,7 +383,7 @@ def write_run_report(output_dir: str | os.PathLike, summary: dict[str, Any]) -> 
     """Atomically write ``<output_dir>/report.md`` for one run; returns its path."""
     path = Path(output_dir) / REPORT_NAME
     with atomic_write(path) as handle:
-        handle.write(run_report(summary))
+        handle.write(run_report(summary) + category_report_section(summary))
     return path
 
 

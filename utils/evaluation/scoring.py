@@ -298,6 +298,7 @@ class EvalExample:
     response_end: int
     suffix_ids: list[int]
     truncated: bool = False
+    category: str | None | object = ...  # the data's harm category; ``...``: data without categories
 
     @property
     def n_response_tokens(self) -> int:
@@ -355,7 +356,7 @@ def prepare_example(
     start = min(start, response_end)
     return EvalExample(id=str(record["id"]), label=int(record["sequence_labels"]), input_ids=ids,
                        token_labels=labels, response_start=start, response_end=response_end, suffix_ids=suffix,
-                       truncated=truncated)
+                       truncated=truncated, category=record["category"] if "category" in record else ...)
 
 
 def load_split_records(data_dir: str | Path, split: str, limit: int | None) -> list[dict[str, Any]]:
@@ -452,6 +453,7 @@ class ScoredExample:
 
     scores: dict[str, list[float]]
     full_score: float | None
+    category_ids: list[int] | None = None  # a category head's most likely category per response token
 
 
 def score_causal(
@@ -486,12 +488,14 @@ def score_causal(
             if "holistic" in scorers:
                 per_position["holistic"] = _harmful_probability(model.holistic_scorer(out.last_hidden_state)).cpu()
             full = _harmful_probability(out.sequence_logits).cpu().tolist()
+            named = out.category_logits.argmax(-1).cpu() if getattr(out, "category_logits", None) is not None else None
             for row, index in enumerate(batch):
                 example = examples[index]
                 span = slice(example.response_start, example.response_end)
                 results[index] = ScoredExample(
                     scores={name: probs[row, span].tolist() for name, probs in per_position.items()},
                     full_score=full[row],
+                    category_ids=named[row, span].tolist() if named is not None else None,
                 )
             bar.update(len(batch))
     return results  # type: ignore[return-value]
@@ -588,7 +592,8 @@ def score_encoder_prefixes(
 def prediction_records(examples: Sequence[EvalExample], scored: Sequence[ScoredExample]) -> list[dict[str, Any]]:
     """Prediction records (``utils/evaluation/predictions.py`` format) from prepared examples and their scores."""
     return [
-        make_record(e.id, e.label, e.response_start, e.response_token_labels(), s.scores or None, s.full_score)
+        make_record(e.id, e.label, e.response_start, e.response_token_labels(), s.scores or None, s.full_score,
+                    e.category, s.category_ids)
         for e, s in zip(examples, scored)
     ]
 
@@ -645,7 +650,8 @@ def run_evaluation(
         max_length = checkpoint.max_positions
     pooling = getattr(checkpoint.model.config, "holistic_pooling", None)  # causal checkpoints only
     model_info = {"path": str(checkpoint.path), "name": checkpoint.path.resolve().name, "task": task,
-                  "backbone_type": checkpoint.backbone_type, "holistic_pooling": pooling}
+                  "backbone_type": checkpoint.backbone_type, "holistic_pooling": pooling,
+                  "category_labels": getattr(checkpoint.model.config, "category_labels", None)}
     split_info: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     for split in splits:
@@ -664,6 +670,7 @@ def run_evaluation(
             "script": script, "checkpoint": portable_path(checkpoint.path), "model_task": task,
             "data_dir": portable_path(args.data_dir), "scorers": list(scorers), "holistic_pooling": pooling,
             "max_length": max_length, "truncated": truncated, "device": str(device),
+            "category_labels": getattr(checkpoint.model.config, "category_labels", None),
             "dtype": str(dtype).replace("torch.", ""), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         logger.info("%s: scored %d examples in %.1f s", split, len(examples), seconds[split])
