@@ -89,6 +89,12 @@ class GuardUpdate:
         token_ids, scores: the tokens monitored during this call and their scores.
         token_texts: the text of each monitored token, in the tokenizer's normal form, cut so that together they are
             exactly the newly scored text (a character that several byte-level tokens share goes to the last).
+        raw_token_texts: the same cut in the text as received (what a user is shown): one piece per token, cut at
+            the segment boundary at or before each token's start, the stop token and those after it ``""``.
+            Together they are exactly the newly scored received text up to the stop token, so in hold-back mode
+            exactly ``released`` (a display can colour every released character with its token's score). Tokens
+            that start inside one combining sequence (``o`` + U+0308 + U+0323, a normalisation segment) share its
+            text as ``token_texts`` share a character: it goes to the last of them, the others get ``""``.
         stop: set on the call in which the monitor stopped the stream.
         stopped: whether the stream is stopped (in this or an earlier call).
         finished: whether the stream is over (finished or stopped).
@@ -98,6 +104,7 @@ class GuardUpdate:
     token_ids: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     token_texts: list[str] = field(default_factory=list)
+    raw_token_texts: list[str] = field(default_factory=list)
     stop: GuardStop | None = None
     stopped: bool = False
     finished: bool = False
@@ -248,6 +255,36 @@ class TextStreamGuard:
         self.released_chars += len(released)
         return released
 
+    def _text_from(self, start: int) -> str:
+        """``text[start:]`` without joining the whole text (``start`` is near its end: the last scored point)."""
+        pending = "".join(self._unreleased_parts)
+        if start >= self.released_chars:
+            return pending[start - self.released_chars:]
+        parts, at = [], self.released_chars
+        for part in reversed(self._released_parts):
+            parts.append(part)
+            at -= len(part)
+            if at <= start:
+                break
+        return "".join(reversed(parts))[start - at:] + pending
+
+    def _raw_pieces(self, tokens: Sequence[MonitoredToken], stop_at: int, scored_from: int, final: bool) -> list[str]:
+        """The received text of each token of a step (see ``GuardUpdate.raw_token_texts``); after ``accept``."""
+        if not tokens:
+            return []
+        retokenizer = self.retokenizer
+        if stop_at < len(tokens):
+            end = retokenizer.raw_position(tokens[stop_at].start)
+        else:
+            end = retokenizer.raw_chars if final else retokenizer.committed_chars
+        text = self._text_from(scored_from)
+        bounds = [scored_from] + [min(max(retokenizer.raw_position(token.start), scored_from), end)
+                                  for token in tokens[1:stop_at]] + [end]
+        for i in range(1, len(bounds)):  # segment boundaries never go back; this only guards the invariant
+            bounds[i] = max(bounds[i], bounds[i - 1])
+        pieces = [text[bounds[i] - scored_from: bounds[i + 1] - scored_from] for i in range(stop_at)]
+        return pieces + [""] * (len(tokens) - stop_at)
+
     def _accept(self, step: _GuardStep, result: PushResult | None, final: bool) -> GuardUpdate:
         """Apply a step whose tokens the monitor has scored (``result``). Never raises."""
         update = GuardUpdate()
@@ -258,11 +295,15 @@ class TextStreamGuard:
             update.scores = list(result.scores) if result is not None else []
             self._decoder.setstate(step.decoder_state)
             retokenizer = self.retokenizer
+            scored_from = retokenizer.committed_chars
             retokenizer.accept(step.tokens)
             if step.text:
                 self._unreleased_parts.append(step.text)
+            at = len(tokens)
             if result is not None and result.stop is not None:
                 at = result.stop.index - (self.state.n_response_tokens - len(tokens))
+            update.raw_token_texts = self._raw_pieces(tokens, at, scored_from, final)
+            if result is not None and result.stop is not None:
                 stop_token = tokens[at]
                 char_start = retokenizer.raw_position(stop_token.start)
                 update.released = self._take_unreleased(char_start - self.released_chars)

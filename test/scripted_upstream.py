@@ -9,6 +9,10 @@ seconds. The request's ``model`` field injects faults: ``fault:status`` (HTTP 50
 mid-stream without a finish). It counts live streams and streams whose client went away, so tests can check that
 the gateway cancelled them. It never moderates anything.
 
+For the gateway's hardening tests it also plays a hostile upstream: a :class:`Script` registered for a prompt is
+answered byte for byte as written (any status, any SSE lines, keepalive comments forever, lone surrogates, giant
+chunks, error events, fields a client must never see); :func:`data_line` and :func:`chat_chunk` build its lines.
+
 Commands::
 
     python -m test.scripted_upstream --port 8001                                  # serve until Ctrl-C
@@ -22,7 +26,6 @@ import hashlib
 import json
 import random
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
@@ -30,7 +33,7 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from utils.cli import parse_dataclasses
+from utils.cli import run_entry_point
 
 PARAGRAPHS = [
     "The museum opens at nine in the morning and closes at six. Tickets can be bought online or at the door, and "
@@ -88,19 +91,49 @@ def split_deltas(text: str, chunking: str, rng: random.Random) -> list[str]:
     return pieces
 
 
+@dataclass
+class Script:
+    """A raw answer to one prompt, sent exactly as written.
+
+    Attributes:
+        parts: the body: str or bytes parts are written as they are, a float sleeps that many seconds.
+        status: the HTTP status (the parts are then the body of the error response).
+        repeat: parts sent again and again after ``parts`` until the client goes away (keepalives, an endless
+            response).
+    """
+
+    parts: list[str | bytes | float]
+    status: int = 200
+    repeat: list[str | bytes | float] | None = None
+
+
+def data_line(payload: Any) -> str:
+    """One SSE event ``data: <json>`` (a str payload is sent as it is, e.g. ``[DONE]`` or broken JSON)."""
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+def chat_chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> str:
+    """A chat completion chunk's SSE event (``extra`` adds top-level fields such as ``usage`` or ``error``)."""
+    delta = {} if content is None else {"content": content}
+    return data_line({"id": "scripted", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+
 class ScriptedUpstream:
-    """The server's state: settings, the prompt -> response mapping, and counters."""
+    """The server's state: settings, the prompt -> response mapping, raw scripts, and counters."""
 
     def __init__(self, args: UpstreamArguments, responses: dict[str, str] | None = None,
-                 respond: Callable[[str], str] | None = None) -> None:
+                 respond: Callable[[str], str] | None = None, scripts: dict[str, Script] | None = None) -> None:
         self.args = args
         self.responses = responses or {}
         self.respond = respond
+        self.scripts = scripts or {}
         self.live = 0
         self.started = 0
         self.completed = 0
         self.client_gone = 0
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
 
     def response_text(self, prompt: str) -> str:
         if prompt in self.responses:
@@ -122,9 +155,45 @@ def create_upstream_app(state: ScriptedUpstream) -> FastAPI:
     app = FastAPI()
     app.state.upstream = state
 
+    def scripted(script: Script) -> Response:
+        def encode(part: str | bytes) -> bytes:
+            return part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
+
+        if script.status != 200:
+            body = b"".join(encode(p) for p in script.parts if not isinstance(p, float))
+            return Response(body, status_code=script.status, media_type="application/json")
+
+        async def events() -> AsyncIterator[bytes]:
+            state.live += 1
+            state.started += 1
+            try:
+                for part in script.parts:
+                    if isinstance(part, float):
+                        await asyncio.sleep(part)
+                    else:
+                        yield encode(part)
+                while script.repeat:
+                    for part in script.repeat:
+                        if isinstance(part, float):
+                            await asyncio.sleep(part)
+                        else:
+                            yield encode(part)
+                state.completed += 1
+            except asyncio.CancelledError:
+                state.client_gone += 1
+                raise
+            finally:
+                state.live -= 1
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     async def handle(request: Request, kind: str) -> Response:
         body = await request.json()
         state.requests.append(body)
+        state.headers.append(dict(request.headers))
+        script = state.scripts.get(_prompt_of(body))
+        if script is not None:
+            return scripted(script)
         fault = str(body.get("model", ""))
         if fault == "fault:status":
             return JSONResponse({"error": {"message": "scripted upstream failure", "type": "server_error"}},
@@ -207,9 +276,4 @@ def main(args: UpstreamArguments) -> None:
 
 
 if __name__ == "__main__":
-    (parsed,) = parse_dataclasses((UpstreamArguments,), prog="python -m test.scripted_upstream")
-    try:
-        main(parsed)
-    except ValueError as err:
-        print(f"scripted_upstream: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(main, UpstreamArguments, "python -m test.scripted_upstream")

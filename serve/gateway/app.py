@@ -4,14 +4,22 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (streaming SSE o
 ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus) and ``GET /`` (the chat page). Build it with
 :func:`create_app`; ``python -m serve.gateway`` (``bash scripts/run-serve.sh``) loads the models and serves it.
 
-One request's life (:class:`Session`): the prompt the monitor reads is taken from the request (chat: the last user
-message by default, see :func:`~serve.gateway.protocol.chat_prompt_text`); a stream slot is taken (429 when none is
-free); the response source is opened (proxy: the upstream request, whose error status is relayed; local: a
-generation thread); a pump task moves the source's pieces into the scheduler while the response reads the
-scheduler's events and sends only released, scored text. On a stop the source is cancelled at once and the
-final chunk says ``finish_reason: "content_filter"`` with the ``moderation`` object; on a source failure the client
-gets an error event and nothing that was not scored; whatever way the request ends (client gone, error,
+One request's life (:class:`Session`): the body is read up to ``max_request_bytes`` (413 beyond, before it is read
+whole); parsing, validation and every tokenisation run in a worker thread (:meth:`Gateway.prepare`), never on the
+event loop, so that a large prompt cannot pause other streams or ``/health``; the prompt the monitor reads is taken
+from the request (chat: the last user message by default, see :func:`~serve.gateway.protocol.chat_prompt_text`); a
+stream slot is taken (429 when none is free); the response source is opened (proxy: the upstream request, whose
+error status is answered with a message of the gateway's; local: a generation thread); a pump task moves the
+source's pieces into the scheduler while the response reads the scheduler's events and sends only released, scored
+text. On a stop the source is cancelled at once and the final chunk says ``finish_reason: "content_filter"`` with
+the ``moderation`` object; on a source failure the client gets an error event and nothing that was not scored; a
+stream without scored progress for ``stream_idle_timeout`` seconds, or longer than ``max_stream_seconds`` in all,
+ends with an error event (keepalives do not hold a slot forever); whatever way the request ends (client gone, error,
 shutdown), :meth:`Session.close` cancels the source and frees the stream.
+
+Nothing the upstream or the monitor's internals wrote reaches a client outside ``content``: error messages are the
+gateway's own (details go to the log, where URLs are shown without credentials, path or query), ``/health`` shows
+the upstream as ``scheme://host:port`` and the checkpoint by its folder name only. See docs/SECURITY.md.
 """
 
 from __future__ import annotations
@@ -20,26 +28,35 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, AsyncIterator
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.gateway.metrics import GatewayMetrics
 from serve.gateway.protocol import (ChatCompletionRequest, CompletionRequest, GatewayError, ModerationRequest,
-                                    ResponseWriter, chat_prompt_text, error_body, new_id, parse_request, sse)
-from serve.gateway.scheduler import (IDS, TEXT, MonitorScheduler, MonitoredStream, Overloaded, StreamEvent,
-                                     span_texts)
-from serve.gateway.sources import GenerationParams, LocalGenerator, SourceError, Upstream
+                                    ResponseWriter, chat_prompt_text, error_body, new_id, parse_body, sse,
+                                    validate_request)
+from serve.gateway.scheduler import (IDS, TEXT, MonitorScheduler, MonitoredStream, Overloaded, SchedulerUnavailable,
+                                     StreamEvent, span_texts)
+from serve.gateway.sources import GenerationParams, LocalGenerator, SourceError, Upstream, redact_url
 from serve.gateway.detokenize import IncrementalDetokenizer
 from serve.monitor import StreamingMonitor
+from serve.operating_point import served_point
 
 log = logging.getLogger("serve.gateway")
 OPEN_PATHS = ("/health", "/", "/favicon.ico")
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# HTTP status of each error type of a stream's error event (for a non-streaming request).
+ERROR_STATUS = {"upstream_timeout": 504, "stream_timeout": 504, "server_shutdown": 503, "monitor_error": 500,
+                "server_error": 500, "upstream_error": 502}
 
 
 def _rule_parameter(monitor: StreamingMonitor) -> int | None:
@@ -59,14 +76,19 @@ class Gateway:
         retry_after: seconds of the 429's Retry-After.
         scheduler_options: passed to :class:`MonitorScheduler` (max_streams, max_batch_streams, max_pending,
             hold_back, on_error).
-        info: extra facts for ``/health`` (checkpoint path, generator path).
+        info: extra facts for ``/health`` (``model_path``: the checkpoint, ``generator``); an open route, so a
+            path is shown by its last component and a URL as ``scheme://host:port``.
+        max_request_bytes: largest request body (413 beyond).
+        stream_idle_timeout: seconds a stream may go without scored progress before it ends with an error.
+        max_stream_seconds: seconds a stream may last in all.
     """
 
     def __init__(self, monitor: StreamingMonitor, *, upstream: Upstream | None = None,
                  generator: LocalGenerator | None = None, model_name: str | None = None,
                  chat_prompt: str = "last-user", max_tokens: int = 256, api_key: str | None = None,
                  retry_after: int = 1, scheduler_options: dict[str, Any] | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 stream_idle_timeout: float = 60.0, max_stream_seconds: float = 600.0) -> None:
         if (upstream is None) == (generator is None):
             raise ValueError("a gateway needs exactly one response source: an upstream or a local generator")
         if monitor.tokenizer is None:
@@ -76,7 +98,12 @@ class Gateway:
         self.model_name = model_name or (generator.name if generator is not None else "upstream")
         self.chat_prompt, self.max_tokens = chat_prompt, max_tokens
         self.api_key, self.retry_after = api_key, retry_after
-        self.info = info or {}
+        self.info = {key: _public(value) for key, value in (info or {}).items()}
+        if upstream is not None:
+            self.info.setdefault("upstream", upstream.display_url)
+        self.monitor_name = self.info.get("model_path", "monitor")
+        self.max_request_bytes = max_request_bytes
+        self.stream_idle_timeout, self.max_stream_seconds = stream_idle_timeout, max_stream_seconds
         self.metrics = GatewayMetrics()
         self.scheduler = MonitorScheduler(monitor, observer=self.metrics, **(scheduler_options or {}))
         # Local mode monitors the generated ids as they are when the generator speaks the monitor's tokenizer.
@@ -105,18 +132,51 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def check_prompt(self, prompt: str) -> int:
-        """The monitor's prompt length.
+    def prompt_ids(self, prompt: str, param: str = "messages") -> list[int]:
+        """The monitor's prompt ids (blocking: call it off the event loop).
 
         Raises:
             GatewayError: 400 when the prompt leaves the monitor no room for a response.
         """
-        length = len(self.monitor.encode_prompt(prompt))
-        if length >= self.monitor.max_length:
-            raise GatewayError(400, f"the prompt is {length} tokens for the monitor, which reads at most "
+        ids = self.monitor.encode_prompt(prompt)
+        if len(ids) >= self.monitor.max_length:
+            raise GatewayError(400, f"the prompt is {len(ids)} tokens for the monitor, which reads at most "
                                     f"{self.monitor.max_length} tokens (prompt and response); shorten it",
-                               param="messages", code="context_length_exceeded")
-        return length
+                               param=param, code="context_length_exceeded")
+        return ids
+
+    def prepare(self, kind: str, raw: bytes) -> "Prepared":
+        """Everything a completion request needs before a stream opens: the parsed body, the monitor's prompt ids,
+        the local generator's input and budget. Runs in a worker thread: parsing and tokenising a large body take
+        seconds that must not pause the event loop.
+
+        Raises:
+            GatewayError: 400 for every malformed or over-long request.
+        """
+        payload = parse_body(raw)
+        req = validate_request(ChatCompletionRequest if kind == "chat" else CompletionRequest, payload)
+        prompt = chat_prompt_text(req.messages, self.chat_prompt) if kind == "chat" else req.prompt
+        prompt_ids = self.prompt_ids(prompt, "messages" if kind == "chat" else "prompt")
+        budget, prompt_tokens, input_ids = req.token_budget(), None, None
+        if self.mode == "local":
+            generator = self.generator
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages] if kind == "chat" else None
+            try:
+                input_ids = generator.input_ids(kind, messages, prompt if kind == "text" else None)
+            except TemplateError as err:  # the template's own check of the conversation (roles, order)
+                raise GatewayError(400, f"the generator's chat template rejects these messages: {err}",
+                                   param="messages", code="invalid_value") from None
+            prompt_tokens = len(input_ids)
+            room = self.monitor.max_length - len(prompt_ids)
+            if generator.max_length is not None:
+                room = min(room, generator.max_length - prompt_tokens)
+            if room < 1:
+                raise GatewayError(400, f"the prompt is {prompt_tokens} tokens for the generator, which reads at "
+                                        f"most {generator.max_length}; shorten it", param="messages",
+                                   code="context_length_exceeded")
+            # The response is cut at the room left in the monitor and the generator (finish_reason "length").
+            budget = min(budget or self.max_tokens, room)
+        return Prepared(req, payload, prompt_ids, budget, prompt_tokens, input_ids)
 
     def moderation(self, stream: MonitoredStream, event: StreamEvent | None) -> dict[str, Any]:
         """The ``moderation`` object of a final chunk or response."""
@@ -126,16 +186,18 @@ class Gateway:
                                 "tokens_scored": stream.tokens_scored, "max_score": stream.max_score,
                                 "chars_released": stream.released_chars}
         if event is not None and event.stop is not None:
+            # The stop token's id, never its text: the flagged text is what the stop withholds.
             stop = event.stop.event
-            body.update(flagged=True, stopped=True, response_token_index=stop.index, token=event.stop.token_text,
-                        token_id=stop.token_id, score=stop.score, count=stop.count,
-                        chars_withheld=stream.chars_withheld())
+            body.update(flagged=True, stopped=True, response_token_index=stop.index, token_id=stop.token_id,
+                        score=stop.score, count=stop.count, chars_withheld=stream.chars_withheld())
+        if event is not None and event.truncated:
+            body.update(truncated=True, chars_withheld=stream.chars_withheld())
         if stream.unmonitored:
             body["unmonitored"] = True
         # OpenAI's own (newer) `moderation` field has {input, output} in its moderation-results shape; carrying
         # both keeps strict clients that validate it working. Only the output is moderated here.
         score = body.get("score", stream.max_score) or 0.0
-        model = f"scm:{self.info.get('model_path', 'monitor')}"
+        model = f"scm:{self.monitor_name}"
         body["input"] = {"type": "error", "code": "not_moderated",
                          "message": "the gateway monitors the response, not the request"}
         body["output"] = {"type": "moderation_results", "model": model, "results": [{
@@ -144,14 +206,44 @@ class Gateway:
             "category_applied_input_types": {"harmful": ["text"]}}]}
         return body
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the monitor's worker runs (a gateway without it can only fail requests)."""
+        return self.scheduler.alive
+
     def describe(self) -> dict[str, Any]:
-        """What ``/health`` reports."""
-        return {"status": "draining" if self.draining else "ok", "mode": self.mode, "model": self.model_name,
+        """What ``/health`` reports (an open route: no secret, no path; see ``info``)."""
+        status = "unhealthy" if not self.healthy else "draining" if self.draining else "ok"
+        return {"status": status, "mode": self.mode, "model": self.model_name,
                 "live_streams": self.scheduler.live_streams, "max_streams": self.scheduler.max_streams,
                 "hold_back": self.scheduler.hold_back, "on_monitor_error": self.scheduler.on_error,
                 "chat_prompt": self.chat_prompt,
                 "monitor": {**monitor_settings(self.monitor), "device": str(self.monitor.device)},
+                "operating_point": served_point(self.monitor),
                 "monitors_ids_directly": self.ids_path, **self.info}
+
+
+def _public(value: Any) -> Any:
+    """A fact fit for an open route: a URL as ``scheme://host:port``, a path by its last component."""
+    if not isinstance(value, str):
+        return value
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
+        return redact_url(value)
+    if "/" in value or "\\" in value:
+        return re.split(r"[\\/]", value.rstrip("/\\"))[-1] or "?"
+    return value
+
+
+@dataclass
+class Prepared:
+    """A completion request, parsed and tokenised (:meth:`Gateway.prepare`)."""
+
+    req: Any
+    payload: dict[str, Any]
+    prompt_ids: list[int]
+    budget: int | None
+    prompt_tokens: int | None
+    input_ids: list[int] | None
 
 
 def monitor_settings(monitor: StreamingMonitor) -> dict[str, Any]:
@@ -193,32 +285,62 @@ class Session:
             stream.finish()
         except SourceError as err:
             self.interrupt(str(err), err.type)
-        except Exception as err:  # an unexpected source failure must still end the client's stream
+        except Exception:  # an unexpected source failure must still end the client's stream
             log.exception("response source failed")
-            self.interrupt(f"the response source failed: {err}", "upstream_error")
+            self.interrupt("the response source failed", "upstream_error" if self.gateway.mode == "proxy" else
+                           "server_error")
 
     def interrupt(self, message: str, type: str) -> None:
-        """End the client's stream with an error event (source failure, shutdown); nothing more is released."""
+        """End the client's stream with an error event (source failure, shutdown); nothing more is released.
+
+        ``message`` reaches the client: it must be the gateway's own text, never an upstream's.
+        """
         if not self.stream.closed and self.error_type is None:
             self.error_type = type
             self.stream.interrupt(message)
+
+    async def _next_event(self, last_progress: float) -> StreamEvent:
+        """The stream's next event, or a timeout error event once the stream went ``stream_idle_timeout`` seconds
+        without scored progress or lasted ``max_stream_seconds``. Only events with scored or released text, a
+        stop, an end or an error count as progress: an upstream that sends keepalive comments, or text that
+        never completes a token, cannot hold a slot."""
+        gateway = self.gateway
+        idle_deadline = last_progress + gateway.stream_idle_timeout
+        total_deadline = self.began + gateway.max_stream_seconds
+        timeout = max(0.0, min(idle_deadline, total_deadline) - time.monotonic())
+        try:
+            return await asyncio.wait_for(self.stream.next_event(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        if time.monotonic() >= total_deadline:
+            cause, message = "time_limit", (f"the response took longer than the gateway's limit of "
+                                            f"{gateway.max_stream_seconds:g} s")
+        else:
+            cause, message = "idle_timeout", (f"no scored text for {gateway.stream_idle_timeout:g} s (the response "
+                                              f"source sent nothing the monitor could score)")
+        gateway.metrics.observe_failure(cause)
+        self.error_type = self.error_type or "stream_timeout"
+        return StreamEvent(error=message)
 
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
         """``("content", text, tokens)`` for released text, then one ``("final", finish_reason, moderation)`` or
         ``("error", GatewayError)``."""
         stream = self.stream
+        last_progress = time.monotonic()
         while True:
-            event = await stream.next_event()
+            event = await self._next_event(last_progress)
+            if event.released or event.tokens:
+                last_progress = time.monotonic()
             if event.error is not None and not event.unmonitored:
                 type = self.error_type or "monitor_error"
                 self.outcome = "shutdown" if type == "server_shutdown" else "error"
                 if type == "monitor_error":
                     self.gateway.metrics.monitor_errors.inc()
-                status = {"upstream_timeout": 504, "server_shutdown": 503, "monitor_error": 500}.get(type, 502)
                 await self._cancel_source()
-                yield "error", GatewayError(status, event.error if type != "monitor_error" else
-                                            f"{event.error}; the response was withheld (the gateway fails closed)",
-                                            type=type, code=type)
+                message = event.error
+                if type == "monitor_error":
+                    message = f"{message}; the response was withheld (the gateway fails closed)"
+                yield "error", GatewayError(ERROR_STATUS.get(type, 502), message, type=type, code=type)
                 return
             if event.error is not None:  # on_monitor_error=open: the rest passes through unmonitored
                 self.gateway.metrics.monitor_errors.inc()
@@ -239,6 +361,13 @@ class Session:
                     self.gateway.metrics.tokens_saved.inc(max(0, self.budget - generated))
                 yield "final", "content_filter", moderation
                 return
+            if event.truncated:
+                # The monitor read all it can: the rest of the response is withheld and its source cancelled.
+                await self._cancel_source()
+                self.outcome = "truncated"
+                self.gateway.metrics.truncated.inc()
+                yield "final", "length", self.gateway.moderation(stream, event)
+                return
             if event.finished:
                 self.outcome = "finished"
                 await self._pump
@@ -247,7 +376,8 @@ class Session:
                 return
 
     def usage(self) -> dict[str, int] | None:
-        """Token usage: local mode counts the generator's tokens; proxy mode relays the upstream's, if it sent one."""
+        """Token usage: local mode counts the generator's tokens; proxy mode relays the upstream's, validated (three
+        integers, see :func:`~serve.gateway.upstream_wire.clean_usage`), if it sent one."""
         if self.gateway.mode == "local":
             generated = getattr(self.source, "generated", 0)
             return {"prompt_tokens": self.prompt_tokens or 0, "completion_tokens": generated,
@@ -297,7 +427,7 @@ class Session:
             elif item[0] == "final":
                 yield sse(self.writer.final_chunk(item[1], item[2]))
                 if self.include_usage:
-                    yield sse(self.writer.usage_chunk(self.usage() or {}))
+                    yield sse(self.writer.usage_chunk(self.usage()))
                 yield sse("[DONE]")
             else:
                 yield sse(item[1].body())
@@ -369,54 +499,68 @@ def _error_response(err: GatewayError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes: from its
+    Content-Length before any of it is read, else while it streams in (chunked), never holding more than
+    ``limit`` bytes.
+
+    Raises:
+        GatewayError: 413 (too large) or 400 (a Content-Length that is not a number).
+    """
+    too_large = GatewayError(413, f"the request body is larger than the gateway's limit of {limit} bytes; send a "
+                                  f"smaller request", code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise GatewayError(400, "the Content-Length header is not a number", code="invalid_request")
+        if int(declared) > limit:
+            raise too_large
+    body, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        body.append(chunk)
+    return b"".join(body)
+
+
+def _unavailable() -> GatewayError:
+    return GatewayError(503, "the monitor is not running; the gateway cannot serve responses (see /health)",
+                        type="server_error", code="monitor_unavailable")
+
+
 async def _start_session(gateway: Gateway, request: Request, kind: str) -> Response:
-    raw = await request.body()
+    raw = await read_body(request, gateway.max_request_bytes)
     if gateway.draining:
         raise GatewayError(503, "the server is shutting down; retry the request", type="server_shutdown",
                            code="server_shutdown")
-    model = ChatCompletionRequest if kind == "chat" else CompletionRequest
-    req = parse_request(model, raw)
-    body = json.loads(raw)
-    if kind == "chat":
-        prompt = chat_prompt_text(req.messages, gateway.chat_prompt)
-    else:
-        prompt = req.prompt
-    monitor_prompt_length = gateway.check_prompt(prompt)
+    if not gateway.healthy:
+        raise _unavailable()
+    prepared = await anyio.to_thread.run_sync(gateway.prepare, kind, raw)
+    req = prepared.req
     route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
-    budget, prompt_tokens, input_ids = req.token_budget(), None, None
-    if gateway.mode == "local":
-        generator = gateway.generator
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages] if kind == "chat" else None
-        input_ids = generator.input_ids(kind, messages, prompt if kind == "text" else None)
-        prompt_tokens = len(input_ids)
-        room = gateway.monitor.max_length - monitor_prompt_length
-        if generator.max_length is not None:
-            room = min(room, generator.max_length - prompt_tokens)
-        if room < 1:
-            raise GatewayError(400, f"the prompt is {prompt_tokens} tokens for the generator, which reads at most "
-                                    f"{generator.max_length}; shorten it", param="messages",
-                               code="context_length_exceeded")
-        # The response is cut at the room left in the monitor and the generator (finish_reason "length").
-        budget = min(budget or gateway.max_tokens, room)
     stream_kind = IDS if gateway.ids_path else TEXT
     try:
-        stream = await gateway.scheduler.open(prompt, stream_kind)
+        stream = await gateway.scheduler.open(None, stream_kind, prompt_ids=prepared.prompt_ids)
     except Overloaded:
         gateway.metrics.rejected.inc()
         raise GatewayError(429, f"all {gateway.scheduler.max_streams} stream slots are busy; retry after "
                                 f"{gateway.retry_after} s", type="rate_limit_error", code="too_many_streams",
                            headers={"Retry-After": str(gateway.retry_after)}) from None
+    except SchedulerUnavailable:
+        raise _unavailable() from None
     try:
         if gateway.mode == "proxy":
-            source = await gateway.upstream.open(kind, body)
+            source = await gateway.upstream.open(kind, prepared.payload)
         else:
             stop = [req.stop] if isinstance(req.stop, str) else req.stop
-            source = gateway.generator.start(input_ids, GenerationParams(budget, req.temperature, req.top_p, stop))
+            source = gateway.generator.start(prepared.input_ids,
+                                             GenerationParams(prepared.budget, req.temperature, req.top_p, stop))
     except BaseException:
         gateway.scheduler.close(stream)
         raise
     writer = ResponseWriter(kind, req.model or gateway.model_name)
-    session = Session(gateway, kind, stream, source, writer, budget, prompt_tokens, route)
+    session = Session(gateway, kind, stream, source, writer, prepared.budget, prepared.prompt_tokens, route)
     if req.stream:
         session.include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return SessionResponse(session)
@@ -438,6 +582,8 @@ async def _collect_watching(request: Request, session: Session) -> Response:
         watch.cancel()
         if not collect.done():
             collect.cancel()
+            # Wait for the cancellation to land: reading a task's result before that raises InvalidStateError.
+            await asyncio.gather(collect, return_exceptions=True)
             await session.close("disconnected")
     if collect.cancelled():
         return Response(status_code=499)
@@ -448,61 +594,91 @@ async def _collect_watching(request: Request, session: Session) -> Response:
 
 
 async def _moderate(gateway: Gateway, request: Request) -> dict[str, Any]:
-    req = parse_request(ModerationRequest, await request.body())
-    texts = [req.input] if isinstance(req.input, str) else req.input
-    if len(texts) > gateway.scheduler.max_streams:
-        raise GatewayError(400, f"input holds {len(texts)} texts; send at most {gateway.scheduler.max_streams} per "
-                                f"request", param="input", code="too_many_inputs")
+    raw = await read_body(request, gateway.max_request_bytes)
+    if not gateway.healthy:
+        raise _unavailable()
     tokenizer = gateway.monitor.tokenizer
-    prompt_length = gateway.check_prompt(req.prompt)
-    id_lists = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    for number, ids in enumerate(id_lists):
-        if prompt_length + len(ids) > gateway.monitor.max_length:
-            raise GatewayError(400, f"input {number} is {len(ids)} tokens; with the prompt the monitor reads at most "
-                                    f"{gateway.monitor.max_length}", param="input", code="context_length_exceeded")
+
+    def prepare() -> tuple[ModerationRequest, list[str], list[int], list[list[int]]]:
+        req = validate_request(ModerationRequest, parse_body(raw))
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if len(texts) > gateway.scheduler.max_streams:
+            raise GatewayError(400, f"input holds {len(texts)} texts; send at most {gateway.scheduler.max_streams} "
+                                    f"per request", param="input", code="too_many_inputs")
+        prompt_ids = gateway.prompt_ids(req.prompt, "prompt")
+        id_lists = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        for number, ids in enumerate(id_lists):
+            if len(prompt_ids) + len(ids) > gateway.monitor.max_length:
+                raise GatewayError(400, f"input {number} is {len(ids)} tokens; with the prompt the monitor reads at "
+                                        f"most {gateway.monitor.max_length}", param="input",
+                                   code="context_length_exceeded")
+        return req, texts, prompt_ids, id_lists
+
+    req, texts, prompt_ids, id_lists = await anyio.to_thread.run_sync(prepare)
 
     def score(monitor: StreamingMonitor) -> list[Any]:
-        states = monitor.start_many([req.prompt] * len(texts))
+        states = monitor.start_many(prompt_ids=[prompt_ids] * len(texts))
         try:
             return monitor.push_many(states, id_lists)
         finally:
             for state in states:
                 monitor.close(state)
 
-    results = await gateway.scheduler.run_job(score)
-    out = []
-    for text, ids, result in zip(texts, id_lists, results):
-        peak = max(result.scores) if result.scores else 0.0
-        item: dict[str, Any] = {"flagged": result.stop is not None, "categories": {"harmful": result.stop is not None},
-                                "category_scores": {"harmful": peak}, "scm": {**monitor_settings(gateway.monitor),
-                                                                             "tokens_scored": len(ids)}}
-        if result.stop is not None:
-            start = tokenizer.decode(ids[:result.stop.index])
-            item["scm"].update(response_token_index=result.stop.index, score=result.stop.score,
-                               count=result.stop.count, token=tokenizer.decode([result.stop.token_id]),
-                               char_start=len(start))
-        if req.return_token_scores:
-            item["scm"]["tokens"] = [{"text": t, "score": s}
-                                     for t, s in zip(span_texts(tokenizer, text, ids), result.scores)]
-        out.append(item)
+    try:
+        results = await gateway.scheduler.run_job(score)
+    except SchedulerUnavailable:
+        raise _unavailable() from None
+
+    def describe() -> list[dict[str, Any]]:
+        out = []
+        for text, ids, result in zip(texts, id_lists, results):
+            peak = max(result.scores) if result.scores else 0.0
+            item: dict[str, Any] = {"flagged": result.stop is not None,
+                                    "categories": {"harmful": result.stop is not None},
+                                    "category_scores": {"harmful": peak},
+                                    "scm": {**monitor_settings(gateway.monitor), "tokens_scored": len(ids)}}
+            if result.stop is not None:
+                # The client's own text: its stop token may be named.
+                start = tokenizer.decode(ids[:result.stop.index])
+                item["scm"].update(response_token_index=result.stop.index, score=result.stop.score,
+                                   count=result.stop.count, token=tokenizer.decode([result.stop.token_id]),
+                                   char_start=len(start))
+            if req.return_token_scores:
+                item["scm"]["tokens"] = [{"text": t, "score": s}
+                                         for t, s in zip(span_texts(tokenizer, text, ids), result.scores)]
+            out.append(item)
+        return out
+
+    out = await anyio.to_thread.run_sync(describe)
     return {"id": new_id("modr"), "model": req.model or f"scm-{gateway.model_name}", "results": out}
 
 
 class ApiKeyMiddleware:
     """Require ``Authorization: Bearer <key>`` on every path except :data:`OPEN_PATHS` (plain ASGI, so that streaming
-    responses and disconnects pass through untouched)."""
+    responses and disconnects pass through untouched).
+
+    The scheme is matched case-insensitively (RFC 7235), the key exactly and in constant time; a request with
+    more than one Authorization header is refused (which of them would count is ambiguous).
+    """
 
     def __init__(self, app, api_key: str) -> None:
-        self.app, self.expected = app, f"Bearer {api_key}".encode()
+        self.app, self.expected = app, api_key.encode()
+
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        values = [value for name, value in headers if name.lower() == b"authorization"]
+        if len(values) != 1:
+            return False
+        match = re.fullmatch(rb"[ \t]*([A-Za-z]+) +(\S+)[ \t]*", values[0])
+        if match is None or match.group(1).lower() != b"bearer":
+            return False
+        return hmac.compare_digest(match.group(2), self.expected)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            header = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(header, self.expected):
-                response = JSONResponse(error_body("missing or wrong API key: send `Authorization: Bearer <key>`",
-                                                   "invalid_request_error", None, "invalid_api_key"), status_code=401)
-                await response(scope, receive, send)
-                return
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not self.authorized(scope["headers"]):
+            response = JSONResponse(error_body("missing or wrong API key: send `Authorization: Bearer <key>`",
+                                               "invalid_request_error", None, "invalid_api_key"), status_code=401)
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -528,8 +704,9 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        # The exception's text may hold anything (paths, upstream text): the log has it, the client does not.
         log.exception("unexpected error on %s", request.url.path)
-        return JSONResponse(error_body(f"internal error: {err}", "server_error"), status_code=500)
+        return JSONResponse(error_body("internal error; the gateway logged it", "server_error"), status_code=500)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -548,17 +725,19 @@ def create_app(gateway: Gateway) -> FastAPI:
         return {"object": "list", "data": [{"id": gateway.model_name, "object": "model", "created": 0,
                                             "owned_by": "scm-gateway"}]}
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
-        return JSONResponse(gateway.describe(), status_code=503 if gateway.draining else 200)
+        healthy = gateway.healthy and not gateway.draining
+        return JSONResponse(gateway.describe(), status_code=200 if healthy else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         gateway.metrics.live_streams.set(gateway.scheduler.live_streams)
+        gateway.metrics.worker_up.set(1 if gateway.healthy else 0)
         payload, content_type = gateway.metrics.exposition()
         return Response(payload, media_type=content_type)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 

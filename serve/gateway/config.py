@@ -27,6 +27,13 @@ class GatewayArguments(OperatingPointArguments):
         "help": "Model name sent upstream instead of the client's `model` field."})
     upstream_timeout: float = field(default=60.0, metadata={
         "help": "Seconds to wait for the upstream to connect, answer, or send the next chunk."})
+    stream_idle_timeout: float = field(default=60.0, metadata={
+        "help": "Seconds a stream may go without scored progress (new scored text, a stop, its end) before it is "
+                "ended with an error; keepalive comments and text the monitor cannot score yet do not count."})
+    max_stream_seconds: float = field(default=600.0, metadata={
+        "help": "Seconds a stream may last in all before it is ended with an error."})
+    max_request_bytes: int = field(default=4 * 1024 * 1024, metadata={
+        "help": "Largest request body in bytes (default 4 MiB); larger ones get 413 before they are read whole."})
     generator: str | None = field(default=None, metadata={
         "help": "Local mode: HF causal LM folder to generate with (default, when --upstream is not given: the "
                 "embedded SmolLM2-135M-Instruct)."})
@@ -82,15 +89,18 @@ def check_args(args: GatewayArguments) -> None:
         raise ValueError("pass --upstream URL (proxy an OpenAI-compatible server) or --generator PATH (generate "
                          "locally), not both")
     if args.upstream is not None and not args.upstream.startswith(("http://", "https://")):
-        raise ValueError(f"--upstream must be an http(s) base URL such as http://127.0.0.1:8001/v1, got "
-                         f"{args.upstream!r}")
+        # Only the scheme is echoed: the value may hold a password.
+        raise ValueError(f"--upstream must be an http(s) base URL such as http://127.0.0.1:8001/v1, got one "
+                         f"starting {args.upstream.split(':', 1)[0][:16]!r}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
-    for name in ("max_streams", "max_batch_streams", "max_pending_chars", "max_tokens", "retry_after"):
+    for name in ("max_streams", "max_batch_streams", "max_pending_chars", "max_tokens", "retry_after",
+                 "max_request_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.upstream_timeout <= 0:
-        raise ValueError(f"--upstream-timeout must be > 0 seconds, got {args.upstream_timeout}")
+    for name in ("upstream_timeout", "stream_idle_timeout", "max_stream_seconds"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0 seconds, got {getattr(args, name)}")
     if args.shutdown_grace < 0:
         raise ValueError(f"--shutdown-grace must be >= 0 seconds, got {args.shutdown_grace}")
     if not 0 < args.port < 65536:

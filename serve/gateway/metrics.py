@@ -17,6 +17,11 @@ class GatewayMetrics:
     ``stops_total``; ``tokens_saved_total`` (tokens of the response budget not generated because of a stop: the
     request's max_tokens, or the local default, minus the tokens generated); ``chars_withheld_total`` (received
     after a stop, never released); ``monitor_errors_total``; ``rejected_total`` (429);
+    ``stream_failures_total{cause}`` (streams ended by a failure the gateway survived: ``monitor`` (the model
+    raised), ``input`` (text the monitor could not read), ``internal`` (any other exception in the worker),
+    ``worker_down`` (the worker died), ``idle_timeout`` and ``time_limit`` (see ``--stream-idle-timeout``,
+    ``--max-stream-seconds``)); ``truncated_total`` (responses cut at the monitor's maximum length);
+    ``monitor_worker_up`` (1 while the monitor's worker thread runs);
     ``monitor_step_seconds``, ``monitor_batch_streams``, ``monitor_batch_tokens`` (per batched step);
     ``monitor_added_latency_seconds`` (an input's wait for its step plus the step).
     """
@@ -37,6 +42,12 @@ class GatewayMetrics:
         self.monitor_errors = Counter("scm_monitor_errors_total", "Streams the monitor failed on.", registry=r)
         self.rejected = Counter("scm_rejected_total", "Requests refused with 429 (all stream slots taken).",
                                 registry=r)
+        self.stream_failures = Counter("scm_stream_failures_total",
+                                       "Streams ended by a failure the gateway survived, by cause.", ["cause"],
+                                       registry=r)
+        self.truncated = Counter("scm_truncated_total", "Responses cut at the monitor's maximum length.", registry=r)
+        self.worker_up = Gauge("scm_monitor_worker_up", "1 while the monitor's worker thread runs, else 0.",
+                               registry=r)
         self.step_seconds = Histogram("scm_monitor_step_seconds", "Duration of one batched monitor step.",
                                       buckets=_SECONDS, registry=r)
         self.batch_streams = Histogram("scm_monitor_batch_streams", "Streams advanced by one monitor step.",
@@ -53,6 +64,10 @@ class GatewayMetrics:
         self.batch_streams.observe(streams)
         self.batch_tokens.observe(tokens)
         self.tokens_scored.inc(tokens)
+
+    def observe_failure(self, cause: str) -> None:
+        """One stream ended by a failure (called from the worker thread and the event loop)."""
+        self.stream_failures.labels(cause).inc()
 
     def observe_latency(self, seconds: float) -> None:
         """The monitor-added latency of one input (an upstream delta or a generated token batch)."""

@@ -15,6 +15,7 @@ Extensions (ignored by OpenAI clients, which allow extra fields):
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -93,6 +94,17 @@ class _GenerationRequest(_Strict):
     stream_options: StreamOptions | None = None
     user: str | None = None
 
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"{len(stops)} stop sequences; send at most {MAX_STOP_SEQUENCES}")
+        for stop in stops:
+            if not stop or len(stop) > MAX_STOP_CHARS:
+                raise ValueError(f"a stop sequence must be 1 to {MAX_STOP_CHARS} characters, got {len(stop)}")
+        return value
+
     @field_validator("n")
     @classmethod
     def _one_choice(cls, value: int | None) -> int | None:
@@ -150,23 +162,76 @@ class ModerationRequest(_Strict):
 
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "literal"}
+# Request bodies nest a few levels (messages, content parts); deeper is an attack on the parser, or on whatever
+# re-encodes the body (the upstream request): refused before anything recurses into it.
+MAX_JSON_DEPTH = 32
+# OpenAI's limit on stop sequences; the length bound keeps the local generator's stop-string tables small
+# (transformers builds them over the whole vocabulary for each string: 1,000 strings took 40 s).
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 128
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def parse_request(model: type[BaseModel], raw: bytes) -> Any:
-    """Parse and validate a JSON request body.
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """Decode a JSON request body and check what every later step relies on.
 
     Raises:
-        GatewayError: 400 for malformed JSON, a body that is not an object, or a field of the wrong type or value
-            (naming the field).
+        GatewayError: 400 for malformed JSON, a body that is not an object, nesting deeper than
+            :data:`MAX_JSON_DEPTH`, or a string (value or key) holding a lone UTF-16 surrogate, which no tokenizer
+            can encode (``"\\ud83d"`` alone is valid JSON but not Unicode text). The message names the field.
     """
     try:
         payload = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise GatewayError(400, f"the request body is not valid JSON ({err}); send a JSON object",
                            code="invalid_json") from None
+    except RecursionError:
+        raise GatewayError(400, f"the request body is nested too deeply; at most {MAX_JSON_DEPTH} levels",
+                           code="invalid_json") from None
     if not isinstance(payload, dict):
         raise GatewayError(400, f"the request body must be a JSON object, got {type(payload).__name__}",
                            code="invalid_json")
+    _check_tree(payload)
+    return payload
+
+
+def _check_tree(payload: dict[str, Any]) -> None:
+    """Depth and lone surrogates, iteratively (a recursive walk would itself overflow on a deep body)."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(payload, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) >= MAX_JSON_DEPTH and isinstance(value, (dict, list)):  # the body itself is level 1
+            raise GatewayError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep",
+                               code="invalid_json")
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, path + (key,))
+                stack.append((item, path + (key,)))
+        elif isinstance(value, list):
+            stack.extend((item, path + (str(number),)) for number, item in enumerate(value))
+
+
+def _check_text(text: str, path: tuple[str, ...]) -> None:
+    if text.isascii():
+        return
+    found = _LONE_SURROGATE.search(text)
+    if found is not None:
+        # The path may hold the bad key itself: escaped, so that the error body is valid UTF-8 JSON.
+        param = ".".join(path).encode("utf-8", "backslashreplace").decode("utf-8") or None
+        raise GatewayError(400, f"{param or 'the body'} holds a lone UTF-16 surrogate (U+{ord(found.group()):04X}) "
+                                f"at character {found.start()}, which is not valid Unicode text; send the whole "
+                                f"character (both halves of the pair) or valid UTF-8", param=param,
+                           code="invalid_value")
+
+
+def validate_request(model: type[BaseModel], payload: dict[str, Any]) -> Any:
+    """Validate a decoded body (:func:`parse_body`) against a request model.
+
+    Raises:
+        GatewayError: 400 for a field of the wrong type or value, naming the field.
+    """
     try:
         return model.model_validate(payload)
     except ValidationError as err:
@@ -180,6 +245,15 @@ def parse_request(model: type[BaseModel], raw: bytes) -> Any:
         elif param:
             message = f"{param}: {message}"
         raise GatewayError(400, message, param=param, code="invalid_value") from None
+
+
+def parse_request(model: type[BaseModel], raw: bytes) -> Any:
+    """Parse and validate a JSON request body (:func:`parse_body`, then :func:`validate_request`).
+
+    Raises:
+        GatewayError: 400, as those two say.
+    """
+    return validate_request(model, parse_body(raw))
 
 
 def chat_prompt_text(messages: list[ChatMessage], policy: str) -> str:
@@ -253,8 +327,9 @@ class ResponseWriter:
             choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
         return self._envelope([choice], moderation=moderation)
 
-    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
-        """The extra last chunk of ``stream_options.include_usage``: no choices, the usage."""
+    def usage_chunk(self, usage: dict[str, int] | None) -> dict[str, Any]:
+        """The extra last chunk of ``stream_options.include_usage``: no choices, the usage (null when unknown: an
+        upstream that sent none, or none that validated)."""
         return self._envelope([], usage=usage)
 
     def response(self, text: str, finish_reason: str, moderation: dict[str, Any],

@@ -15,10 +15,19 @@ Bounds: at most ``max_streams`` live streams (:class:`Overloaded` beyond, the ga
 ``max_pending`` received-but-unscored characters (text) or tokens (ids): past that :meth:`MonitoredStream.wait_room`
 makes its reader wait, which stops reading the upstream (TCP backpressure) or pauses the local generator.
 
-Monitor failures: when a step raises, every stream in it fails (a stream that might exceed the monitor's maximum
-length is stepped alone first, so it cannot take others down). ``on_error="close"`` (fail closed, the default)
-ends a failed stream with an error and releases nothing unscored; ``"open"`` releases what it withheld and passes
-the rest of the response through unmonitored, flagged as such.
+Failures never take the worker down. Whatever one stream's input or state makes the worker raise, that stream
+alone ends with an error event (a step that raises for a batch is retried stream by stream: the text guard and the
+monitor change nothing when they raise, so the retry is exact) and the worker goes on; the observer counts it. Only
+failures of the model itself follow the ``on_error`` policy: ``"close"`` (fail closed, the default) ends the stream
+with an error and releases nothing unscored; ``"open"`` releases what it withheld and passes the rest of the
+response through unmonitored, flagged as such. Anything input can cause (bad text, a response longer than the
+monitor reads) fails closed whatever the policy, so that no upstream can choose to be unmonitored. If the worker
+itself dies (a bug in this module), every live stream gets an error event, :attr:`MonitorScheduler.alive` turns
+False (``/health`` answers 503) and new streams are refused with :class:`SchedulerUnavailable`.
+
+A response longer than the monitor's maximum length (prompt and response) is scored as far as the monitor reads
+(every token that surely fits), then ends as truncated: the scored text is released and the rest withheld, like a
+generation cut at ``max_tokens`` (the gateway answers ``finish_reason: "length"``).
 """
 
 from __future__ import annotations
@@ -34,8 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from serve.gateway.detokenize import IncrementalDetokenizer
-from serve.monitor import StopEvent, StreamingMonitor, StreamState
-from serve.text_guard import TextStreamGuard, feed_many, finish_many
+from serve.monitor import StopEvent, StreamingError, StreamingMonitor, StreamLengthError, StreamState
+from serve.text_guard import GuardUpdate, TextStreamGuard, feed_many, finish_many
 
 log = logging.getLogger("serve.gateway")
 
@@ -48,12 +57,15 @@ class Overloaded(Exception):
     """All stream slots are taken."""
 
 
+class SchedulerUnavailable(RuntimeError):
+    """The scheduler is stopped, or its worker died: it takes no streams or jobs."""
+
+
 @dataclass
 class StopDetails:
-    """A stop, with the stop token's text (the event says where and why)."""
+    """A stop: where and why (the stop token's text is deliberately not kept: it is never sent)."""
 
     event: StopEvent
-    token_text: str
 
 
 @dataclass
@@ -64,15 +76,19 @@ class StreamEvent:
         released: text the client may see now.
         tokens: the scored tokens behind ``released``, ``{"text", "score"}`` each (extension for the page).
         stop: set when the monitor stopped the stream in this step.
-        finished: the stream's input is complete and fully scored (after :meth:`MonitoredStream.finish`).
-        error: the monitor failed on this stream (message).
-        unmonitored: after an error under ``on_error="open"``: the rest passes through unscored.
+        finished: the stream's input is complete and fully scored (after :meth:`MonitoredStream.finish`), or it
+            was truncated.
+        truncated: the response outgrew the monitor's maximum length: what was scored is released, the rest
+            withheld, and the stream takes no more input.
+        error: the stream failed (a message of the gateway's own, safe to show a client).
+        unmonitored: after a monitor failure under ``on_error="open"``: the rest passes through unscored.
     """
 
     released: str = ""
     tokens: list[dict[str, Any]] = field(default_factory=list)
     stop: StopDetails | None = None
     finished: bool = False
+    truncated: bool = False
     error: str | None = None
     unmonitored: bool = False
 
@@ -105,8 +121,10 @@ class MonitoredStream:
     :meth:`MonitorScheduler.close` it.
     """
 
-    def __init__(self, scheduler: "MonitorScheduler", stream_id: int, kind: str, prompt: str) -> None:
+    def __init__(self, scheduler: "MonitorScheduler", stream_id: int, kind: str, prompt: str | None,
+                 prompt_ids: Sequence[int] | None = None) -> None:
         self.scheduler, self.id, self.kind, self.prompt = scheduler, stream_id, kind, prompt
+        self.prompt_ids = None if prompt_ids is None else list(prompt_ids)
         self.guard: TextStreamGuard | None = None
         self.state: StreamState | None = None
         self.detokenizer: IncrementalDetokenizer | None = None
@@ -117,12 +135,15 @@ class MonitoredStream:
         self.released_chars = 0
         self.tokens_scored = 0
         self.max_score: float | None = None
+        self.truncated = False  # worker side: the monitor's maximum length was reached
         # Guarded by the scheduler's lock.
         self._pending: list[Any] = []
         self._arrivals: list[float] = []
         self._pending_size = 0
         self._finish_requested = False
-        self._scored_chars = 0
+        self._failed = False  # the worker failed it; input that still arrives is not for the monitor
+        # Event loop side: finish() came after the worker failed the stream but before the loop heard of it.
+        self._finish_after_failure = False
         self._events: asyncio.Queue[StreamEvent] = asyncio.Queue()
         self._room = asyncio.Event()
         self._room.set()
@@ -194,6 +215,8 @@ class MonitoredStream:
         if event.unmonitored:
             if event.error is not None:  # the monitor failed under on_error="open": release what it withheld
                 event.released = self._unreleased()
+                # Input and the end of input that reached the scheduler after the failure are not lost.
+                event.finished = event.finished or self._finish_after_failure
             self.unmonitored = True
         else:
             self.released_chars += len(event.released)
@@ -247,6 +270,7 @@ class MonitorScheduler:
         self._live = 0
         self._open_states: dict[int, MonitoredStream] = {}
         self._stopping = False
+        self.death: str | None = None  # why the worker died (an exception's type name), None while it runs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._worker, name="scm-monitor", daemon=True)
         self._thread.start()
@@ -263,26 +287,36 @@ class MonitorScheduler:
         with self._cond:
             return len(self._open_states)
 
-    async def open(self, prompt: str, kind: str) -> MonitoredStream:
-        """Open a stream: start the monitor on ``prompt`` (in the worker, between steps).
+    @property
+    def alive(self) -> bool:
+        """Whether the worker runs (False once it died, or after :meth:`stop`)."""
+        return self._thread.is_alive() and self.death is None
+
+    async def open(self, prompt: str | None, kind: str, *, prompt_ids: Sequence[int] | None = None) -> MonitoredStream:
+        """Open a stream: start the monitor on the prompt (in the worker, between steps).
 
         Args:
-            prompt: the prompt text the monitor reads.
+            prompt: the prompt text the monitor reads (or None with ``prompt_ids``).
             kind: ``text`` (text deltas through the text guard) or ``ids`` (token ids of the monitor's tokenizer).
+            prompt_ids: the prompt already encoded (``monitor.encode_prompt``), so that the worker, which every
+                stream shares, does not spend time tokenising it.
 
         Raises:
-            Overloaded: ``max_streams`` streams are live. Whatever ``monitor.start`` raises (a too-long prompt).
+            Overloaded: ``max_streams`` streams are live. SchedulerUnavailable: stopped, or the worker died.
+            Whatever ``monitor.start`` raises (a too-long prompt).
         """
         if kind not in (TEXT, IDS):
             raise ValueError(f"kind must be {TEXT!r} or {IDS!r}, got {kind!r}")
+        if (prompt is None) == (prompt_ids is None):
+            raise ValueError("open() needs a prompt or prompt_ids")
         self._loop = asyncio.get_running_loop()
         with self._cond:
             if self._stopping:
-                raise RuntimeError("the scheduler is stopped")
+                raise SchedulerUnavailable(self._unavailable())
             if self._live >= self.max_streams:
                 raise Overloaded(f"{self._live} live streams, the maximum")
             self._live += 1
-            stream = MonitoredStream(self, next(self._ids), kind, prompt)
+            stream = MonitoredStream(self, next(self._ids), kind, prompt, prompt_ids)
             request = _OpenRequest(stream, concurrent.futures.Future())
             self._opens.append(request)
             self._cond.notify()
@@ -312,7 +346,7 @@ class MonitorScheduler:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if self._stopping:
-                raise RuntimeError("the scheduler is stopped")
+                raise SchedulerUnavailable(self._unavailable())
             self._jobs.append((job, future))
             self._cond.notify()
         return await asyncio.wrap_future(future)
@@ -324,6 +358,9 @@ class MonitorScheduler:
             self._cond.notify()
         self._thread.join(timeout)
 
+    def _unavailable(self) -> str:
+        return "the monitor worker stopped" if self.death is not None else "the scheduler is stopped"
+
     def stats(self) -> dict[str, Any]:
         """Every recorded step (start time, seconds, streams, tokens, kind) and monitor-added latency."""
         return {"steps": list(self.steps), "latencies_s": list(self.latencies)}
@@ -333,6 +370,11 @@ class MonitorScheduler:
     def _enqueue(self, stream: MonitoredStream, piece: Any, size: int, finish: bool = False) -> None:
         with self._cond:
             if stream.closed:
+                return
+            if stream._failed:
+                # The failure event is on its way to the loop; under on_error="open" it releases everything
+                # received (this piece included) and must also end the stream if the input is complete.
+                stream._finish_after_failure = stream._finish_after_failure or finish
                 return
             if finish:
                 stream._finish_requested = True
@@ -360,6 +402,12 @@ class MonitorScheduler:
         return bool(self._opens or self._closes or self._jobs or self._ready)
 
     def _worker(self) -> None:
+        try:
+            self._serve()
+        except BaseException as err:  # a bug in the loop below: end every stream rather than leave them hanging
+            self._die(err)
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while not self._has_work() and not self._stopping:
@@ -383,6 +431,24 @@ class MonitorScheduler:
         for stream in leftovers:
             self._release(stream)
 
+    def _die(self, err: BaseException) -> None:
+        """The worker is gone: refuse new work and end every live stream with an error event."""
+        log.critical("the monitor worker died; every live stream is ended and new ones are refused", exc_info=err)
+        with self._cond:
+            self.death = type(err).__name__
+            self._stopping = True
+            streams = {**self._ready, **self._open_states}
+            self._ready.clear()
+            opens, self._opens = self._opens, []
+            jobs, self._jobs = self._jobs, []
+        for request in opens:
+            _settle(request.future, exception=SchedulerUnavailable("the monitor worker stopped"))
+        for _, future in jobs:
+            _settle(future, exception=SchedulerUnavailable("the monitor worker stopped"))
+        self._count("worker_down")
+        for stream in streams.values():
+            self._post(stream, StreamEvent(error="the monitor stopped working"))
+
     def _take_ready(self) -> list[_Work]:
         batch = []
         for stream_id in list(self._ready)[: self.max_batch_streams]:
@@ -398,7 +464,7 @@ class MonitorScheduler:
 
     @staticmethod
     def _done(stream: MonitoredStream) -> bool:
-        """Stopped or finished: the monitor takes no more input for it (the event loop closes it next)."""
+        """Stopped, finished or truncated: the monitor takes no more input for it (the event loop closes it next)."""
         if stream.guard is not None:
             return stream.guard.finished or stream.guard.stop is not None
         return stream.state.closed or stream.state.stopped
@@ -407,33 +473,48 @@ class MonitorScheduler:
         stream = request.stream
         try:
             if stream.kind == TEXT:
-                stream.guard = TextStreamGuard(self.monitor, stream.prompt, hold_back=self.hold_back)
+                stream.guard = TextStreamGuard(self.monitor, stream.prompt, prompt_ids=stream.prompt_ids,
+                                               hold_back=self.hold_back)
                 stream.state = stream.guard.state
             else:
-                stream.state = self.monitor.start(stream.prompt)
+                stream.state = self.monitor.start(stream.prompt, prompt_ids=stream.prompt_ids)
                 stream.detokenizer = IncrementalDetokenizer(self.monitor.tokenizer)
         except Exception as err:  # a too-long prompt, an unusable tokenizer: the caller answers 4xx/5xx
-            request.future.set_exception(err)
+            _settle(request.future, exception=err)
             return
         with self._cond:
             self._open_states[stream.id] = stream
-        if stream.closed:  # closed (cancelled) while it was being opened
+        # Closed (cancelled) while it was being opened, or its opener is gone: free it at once.
+        if not _settle(request.future, result=stream) or stream.closed:
             self._release(stream)
-        request.future.set_result(stream)
 
     def _release(self, stream: MonitoredStream) -> None:
+        """Free a stream's monitor state (idempotent; a failure to free is logged, never raised)."""
         with self._cond:
             self._open_states.pop(stream.id, None)
-        if stream.guard is not None and not stream.guard.finished:
-            stream.guard.close()
-        elif stream.state is not None and not stream.state.closed:
-            self.monitor.close(stream.state)
+        try:
+            if stream.guard is not None and not stream.guard.finished:
+                stream.guard.close()
+            elif stream.state is not None and not stream.state.closed:
+                self.monitor.close(stream.state)
+        except Exception:
+            log.exception("freeing the monitor state of stream %d failed", stream.id)
+            self._count("internal")
 
     def _run_job(self, job: Callable[[StreamingMonitor], Any], future: concurrent.futures.Future) -> None:
         try:
-            future.set_result(job(self.monitor))
+            result = job(self.monitor)
         except Exception as err:
-            future.set_exception(err)
+            _settle(future, exception=err)
+        else:
+            _settle(future, result=result)
+
+    def _count(self, cause: str) -> None:
+        if self.observer is not None:
+            try:
+                self.observer.observe_failure(cause)
+            except Exception:
+                log.exception("the scheduler's observer failed")
 
     def _record(self, kind: str, began: float, streams: int, tokens: int, works: Sequence[_Work]) -> None:
         done = time.perf_counter()
@@ -442,86 +523,143 @@ class MonitorScheduler:
         latencies = [done - arrival for work in works for arrival in work.arrivals]
         self.latencies.extend(latencies)
         if self.observer is not None:
-            self.observer.observe_step(seconds, streams, tokens)
-            for latency in latencies:
-                self.observer.observe_latency(latency)
+            try:  # a step that scored must not raise after the fact (the caller would retry it)
+                self.observer.observe_step(seconds, streams, tokens)
+                for latency in latencies:
+                    self.observer.observe_latency(latency)
+            except Exception:
+                log.exception("the scheduler's observer failed")
+
+    # ------------------------------------------------------------------------------------------- steps
 
     def _step(self, batch: list[_Work]) -> None:
-        max_length = self.monitor.max_length
         text, ids = [w for w in batch if w.stream.kind == TEXT], [w for w in batch if w.stream.kind == IDS]
-        # A stream that could exceed the monitor's maximum length steps alone: if it fails, it fails alone.
-        # (Byte-level tokens never outnumber UTF-8 bytes, so the byte count bounds the text's new tokens.)
-        risky = [w for w in text if w.stream.state.length + len(self._unscored_text(w).encode("utf-8"))
-                 > max_length]
-        safe = [w for w in text if w not in risky]
-        if safe:
-            self._step_text(safe)
-        for work in risky:
-            self._step_text([work])
-        too_long = [w for w in ids if w.stream.state.length + sum(len(p) for p in w.pieces) > max_length]
-        for work in too_long:
-            self._fail(work.stream, f"the response exceeds the monitor's maximum length of {max_length} tokens "
-                                    f"(prompt and response)")
-        ids = [w for w in ids if w not in too_long]
+        if text:
+            # A stream that could exceed the monitor's maximum length steps alone (it may be cut).
+            risky, safe = [], []
+            for work in text:
+                try:
+                    (risky if self._may_overflow(work) else safe).append(work)
+                except Exception as err:
+                    self._fail_on(work.stream, err)
+            if safe:
+                self._isolated(self._score_text, self._score_text_within_limit, safe)
+            for work in risky:
+                self._isolated(self._score_text_within_limit, self._score_text_within_limit, [work])
         if ids:
-            self._step_ids(ids)
+            self._isolated(self._score_ids, self._score_ids, ids)
 
-    @staticmethod
-    def _unscored_text(work: _Work) -> str:
+    def _isolated(self, step: Callable[[list[_Work]], None], alone: Callable[[list[_Work]], None],
+                  works: list[_Work]) -> None:
+        """Run ``step`` on the works; if it raises (it then changed nothing), run ``alone`` on each work by itself, so
+        that whatever one stream makes the monitor raise fails that stream only."""
+        try:
+            step(works)
+            return
+        except Exception as err:
+            if len(works) == 1 and step is alone:
+                self._fail_on(works[0].stream, err)
+                return
+            log.warning("a monitor step for %d streams failed (%s); stepping them one by one", len(works),
+                        type(err).__name__)
+        for work in works:
+            try:
+                alone([work])
+            except Exception as err:
+                self._fail_on(work.stream, err)
+
+    def _may_overflow(self, work: _Work) -> bool:
+        # Byte-level tokens never outnumber UTF-8 bytes, so the byte count bounds the text's new tokens (a
+        # normalising tokenizer may still expand a little: that stream is then cut by the retry alone).
         guard = work.stream.guard
-        return guard.text[guard.retokenizer.committed_chars:] + "".join(work.pieces)
+        unscored = _utf8_size(guard.unscored_text) + sum(_utf8_size(piece) for piece in work.pieces)
+        return guard.state.length + unscored > self.monitor.max_length
 
-    def _step_text(self, works: list[_Work]) -> None:
+    def _score_text(self, works: list[_Work]) -> None:
+        """Feed (and finish) text streams in one batched step. Raises only while nothing has changed."""
+        began = time.perf_counter()
+        updates = feed_many([w.stream.guard for w in works], ["".join(w.pieces) for w in works])
+        self._record("feed", began, len(works), sum(len(u.token_ids) for u in updates), works)
+        finishing = [w for w, u in zip(works, updates) if w.finish and not u.stopped]
+        finals = self._finish_text(finishing) if finishing else {}
+        for work, update in zip(works, updates):
+            try:
+                self._emit_text(work.stream, update, finals.get(work.stream.id))
+            except Exception as err:  # scoring is done; only this stream's event failed
+                self._fail_on(work.stream, err)
+
+    def _score_text_within_limit(self, works: list[_Work]) -> None:
+        """One text stream: exactly as :meth:`_score_text` when its tokens fit; else as much of its new text as the
+        monitor surely reads, then the stream ends truncated."""
+        (work,) = works
+        try:
+            self._score_text(works)
+            return
+        except StreamLengthError:
+            pass
+        guard = work.stream.guard
+        room = self.monitor.max_length - guard.state.length - _utf8_size(guard.unscored_text)
+        text = "".join(work.pieces)
+        # The longest prefix whose UTF-8 size is within the room (a character cut in two is left out whole).
+        prefix = text.encode("utf-8")[:max(room, 0)].decode("utf-8", "ignore")
+        update = None
+        while prefix and update is None:
+            try:
+                update = feed_many([guard], [prefix])[0]
+            except StreamLengthError:  # a normaliser expanded the text beyond its byte count: try less
+                prefix = prefix[: len(prefix) // 2]
+        self._emit_text(work.stream, update or GuardUpdate(), None if update and update.stopped else _TRUNCATED)
+
+    def _finish_text(self, works: list[_Work]) -> dict[int, Any]:
+        """Finish text streams together (one by one if that raises): per stream, its final update, or
+        :data:`_TRUNCATED` when the held-back tail does not fit the monitor, or the exception that failed it."""
         guards = [w.stream.guard for w in works]
         began = time.perf_counter()
         try:
-            updates = feed_many(guards, ["".join(w.pieces) for w in works])
-        except Exception as err:  # fail every stream of the step, as the policy says
-            log.exception("monitor step failed for %d text streams", len(works))
-            for work in works:
-                self._fail(work.stream, f"monitor failure: {err}")
+            finished = finish_many(guards)
+        except StreamLengthError:
+            if len(works) == 1:
+                return {works[0].stream.id: _TRUNCATED}
+        except Exception as err:
+            if len(works) == 1:
+                return {works[0].stream.id: err}
+        else:
+            self._record("finish", began, len(works), sum(len(u.token_ids) for u in finished), [])
+            return {w.stream.id: u for w, u in zip(works, finished)}
+        results: dict[int, Any] = {}
+        for work in works:
+            results.update(self._finish_text([work]))
+        return results
+
+    def _emit_text(self, stream: MonitoredStream, update: Any, final: Any) -> None:
+        """Post a text stream's event: the feed's update, merged with its final update or its truncation."""
+        event = self._text_event(stream, update)
+        if isinstance(final, BaseException):
+            self._post(stream, event)
+            self._fail_on(stream, final)
             return
-        self._record("feed", began, len(works), sum(len(u.token_ids) for u in updates), works)
-        finishing = [i for i, (w, u) in enumerate(zip(works, updates)) if w.finish and not u.stopped]
-        finals = {}
-        if finishing:
-            began = time.perf_counter()
-            try:
-                finished = finish_many([works[i].stream.guard for i in finishing])
-            except Exception as err:
-                log.exception("monitor finish failed for %d text streams", len(finishing))
-                for i in finishing:
-                    self._fail(works[i].stream, f"monitor failure: {err}")
-                finishing_failed = set(finishing)
-                works = [w for i, w in enumerate(works) if i not in finishing_failed]
-                updates = [u for i, u in enumerate(updates) if i not in finishing_failed]
-            else:
-                self._record("finish", began, len(finishing), sum(len(u.token_ids) for u in finished), [])
-                finals = dict(zip(finishing, finished))
-        for i, (work, update) in enumerate(zip(works, updates)):
-            event = self._text_event(work.stream, update)
-            final = finals.get(i)
-            if final is not None:
-                tail = self._text_event(work.stream, final)
-                event.released += tail.released
-                event.tokens += tail.tokens
-                event.stop = tail.stop
-                event.finished = True
-            self._post(work.stream, event)
+        if final is _TRUNCATED:
+            stream.truncated = True
+            stream.guard.close()
+            event.finished = event.truncated = True
+        elif final is not None:
+            tail = self._text_event(stream, final)
+            event.released += tail.released
+            event.tokens += tail.tokens
+            event.stop = tail.stop
+            event.finished = True
+        self._post(stream, event)
 
     def _text_event(self, stream: MonitoredStream, update) -> StreamEvent:
         guard = stream.guard
-        start = stream._scored_chars
-        end = len(guard.text) if guard.finished and update.stop is None else guard.retokenizer.committed_chars
-        stream._scored_chars = max(start, end)
-        texts = span_texts(self.monitor.tokenizer, guard.text[start:end], update.token_ids)
         self._account(stream, update.scores)
-        tokens = [{"text": t, "score": s} for t, s in zip(texts, update.scores)]
+        # In hold-back mode the tokens' received texts are exactly the released text (the page colours it).
+        tokens = [{"text": t, "score": s} for t, s in zip(update.raw_token_texts, update.scores)]
         event = StreamEvent(released=update.released, tokens=tokens)
         if update.stop is not None:
             at = update.stop.event.index - (guard.state.n_response_tokens - len(update.token_ids))
             event.tokens = tokens[:at]
-            event.stop = StopDetails(update.stop.event, update.stop.token_text)
+            event.stop = StopDetails(update.stop.event)
         return event
 
     def _account(self, stream: MonitoredStream, scores: Sequence[float]) -> None:
@@ -530,38 +668,93 @@ class MonitorScheduler:
             peak = max(scores)
             stream.max_score = peak if stream.max_score is None else max(stream.max_score, peak)
 
-    def _step_ids(self, works: list[_Work]) -> None:
-        id_lists = [[t for piece in w.pieces for t in piece] for w in works]
+    def _score_ids(self, works: list[_Work]) -> None:
+        """Push id streams in one batched step (a stream is cut at the monitor's maximum length). Raises only while
+        nothing has changed."""
+        id_lists, cut = [], []
+        for work in works:
+            ids = [t for piece in work.pieces for t in piece]
+            room = max(0, self.monitor.max_length - work.stream.state.length)
+            cut.append(len(ids) > room)
+            id_lists.append(ids[:room])
         began = time.perf_counter()
-        try:
-            results = self.monitor.push_many([w.stream.state for w in works], id_lists)
-        except Exception as err:
-            log.exception("monitor step failed for %d token streams", len(works))
-            for work in works:
-                self._fail(work.stream, f"monitor failure: {err}")
-            return
+        results = self.monitor.push_many([w.stream.state for w in works], id_lists)
         self._record("push", began, len(works), sum(len(ids) for ids in id_lists), works)
-        for work, ids, result in zip(works, id_lists, results):
-            stream = work.stream
-            texts = stream.detokenizer.add(ids)
-            self._account(stream, result.scores)
-            tokens = [{"text": t, "score": s} for t, s in zip(texts, result.scores)]
-            event = StreamEvent(released="".join(texts), tokens=tokens)
-            if result.stop is not None:
-                at = result.stop.index - (stream.state.n_response_tokens - len(ids))
-                event.tokens = tokens[:at]
-                event.released = "".join(texts[:at])
-                token_text = self.monitor.tokenizer.decode([result.stop.token_id], skip_special_tokens=True)
-                event.stop = StopDetails(result.stop, token_text)
-            elif work.finish:
-                tail = stream.detokenizer.flush()
-                event.released += tail
-                event.finished = True
-            if event.stop is not None or event.finished:
-                self.monitor.close(stream.state)
-            self._post(stream, event)
+        for work, ids, result, truncated in zip(works, id_lists, results, cut):
+            try:
+                self._emit_ids(work, ids, result, truncated)
+            except Exception as err:
+                self._fail_on(work.stream, err)
 
-    def _fail(self, stream: MonitoredStream, message: str) -> None:
-        self._release(stream)
-        event = StreamEvent(error=message, unmonitored=self.on_error == "open")
+    def _emit_ids(self, work: _Work, ids: list[int], result, truncated: bool) -> None:
+        """Post an id stream's event: the text of its scored ids (up to a stop), its end or its truncation."""
+        stream = work.stream
+        texts = stream.detokenizer.add(ids)
+        self._account(stream, result.scores)
+        tokens = [{"text": t, "score": s} for t, s in zip(texts, result.scores)]
+        event = StreamEvent(released="".join(texts), tokens=tokens)
+        if result.stop is not None:
+            at = result.stop.index - (stream.state.n_response_tokens - len(ids))
+            event.tokens = tokens[:at]
+            event.released = "".join(texts[:at])
+            event.stop = StopDetails(result.stop)
+        elif truncated:
+            stream.truncated = True
+            event.finished = event.truncated = True
+        elif work.finish:
+            tail = stream.detokenizer.flush()  # bytes of a character that never completed, as U+FFFD
+            event.released += tail
+            if tokens:
+                tokens[-1]["text"] += tail
+            event.finished = True
+        if event.stop is not None or event.finished:
+            self.monitor.close(stream.state)
         self._post(stream, event)
+
+    def _fail_on(self, stream: MonitoredStream, err: BaseException) -> None:
+        """End one stream after ``err``: a model failure follows ``on_error``; anything else fails closed."""
+        if isinstance(err, StreamLengthError):  # beyond the monitor's length: cut, as in _score_text_within_limit
+            stream.truncated = True
+            self._release(stream)
+            self._post(stream, StreamEvent(finished=True, truncated=True))
+            return
+        if isinstance(err, _MONITOR_FAULTS) and not isinstance(err, StreamingError):
+            cause, message = "monitor", "the monitor failed on this stream"
+        elif isinstance(err, (TypeError, ValueError, StreamingError)):
+            cause, message = "input", "the monitor could not read this response"
+        else:
+            cause, message = "internal", "the gateway failed on this stream"
+        log.error("stream %d failed in the monitor worker (%s)", stream.id, cause, exc_info=err)
+        self._fail(stream, message, cause, may_open=cause == "monitor")
+
+    def _fail(self, stream: MonitoredStream, message: str, cause: str, may_open: bool = False) -> None:
+        """Free a stream and post its error event (``message`` reaches the client: the gateway's own words)."""
+        with self._cond:
+            stream._failed = True
+            self._ready.pop(stream.id, None)
+            stream._pending, stream._arrivals, stream._pending_size = [], [], 0
+            stream._finish_requested = False
+        self._release(stream)
+        self._count(cause)
+        self._post(stream, StreamEvent(error=message, unmonitored=may_open and self.on_error == "open"))
+
+
+# Model failures (an accelerator error, out of memory): the only ones that may fail open.
+_MONITOR_FAULTS = (RuntimeError, MemoryError)
+_TRUNCATED = object()
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _settle(future: concurrent.futures.Future, *, result: Any = None, exception: BaseException | None = None) -> bool:
+    """Set a future's outcome; False when its waiter cancelled it meanwhile (nobody reads it then)."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+        return True
+    except concurrent.futures.InvalidStateError:
+        return False

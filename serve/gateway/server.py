@@ -92,8 +92,10 @@ def build_gateway(args: GatewayArguments) -> Gateway:
     device = _device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Flags > the checkpoint's operating_point.json > its training default (serve/operating_point.py).
     monitor = StreamingMonitor.from_pretrained(path, theta=args.theta, k=args.k, rule=args.rule, scorer=args.scorer,
-                                               device=device, dtype=args.dtype)
+                                               device=device, dtype=args.dtype, operating_point=args.operating_point,
+                                               max_benign_stop_rate=args.max_benign_stop_rate)
     if monitor.tokenizer is None:
         raise ValueError(f"{args.model_path} holds no tokenizer files; save the tokenizer into the checkpoint")
     info: dict[str, str] = {"model_path": args.model_path}
@@ -101,7 +103,6 @@ def build_gateway(args: GatewayArguments) -> Gateway:
     if args.upstream is not None:
         key = args.upstream_api_key or os.environ.get("SCM_UPSTREAM_API_KEY")
         upstream = Upstream(args.upstream, api_key=key, timeout=args.upstream_timeout, model=args.upstream_model)
-        info["upstream"] = args.upstream
         name = args.served_model_name or args.upstream_model or "upstream"
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,7 +117,8 @@ def build_gateway(args: GatewayArguments) -> Gateway:
         info["generator"] = args.generator or "embedded SmolLM2-135M-Instruct"
     return Gateway(monitor, upstream=upstream, generator=generator, model_name=name, chat_prompt=args.chat_prompt,
                    max_tokens=args.max_tokens, api_key=args.api_key or os.environ.get("SCM_API_KEY"),
-                   retry_after=args.retry_after, info=info,
+                   retry_after=args.retry_after, info=info, max_request_bytes=args.max_request_bytes,
+                   stream_idle_timeout=args.stream_idle_timeout, max_stream_seconds=args.max_stream_seconds,
                    scheduler_options={"max_streams": args.max_streams, "max_batch_streams": args.max_batch_streams,
                                       "max_pending": args.max_pending_chars, "hold_back": args.hold_back,
                                       "on_error": args.on_monitor_error})
@@ -198,6 +200,9 @@ def main(args: GatewayArguments) -> None:
     configure_logging(args.log_level)
     gateway = build_gateway(args)
     log.info(json.dumps({"event": "serving", "url": f"http://{args.host}:{args.port}", **gateway.describe()}))
+    served = gateway.monitor.operating_point
+    if served is not None and served.public_warning:  # an uncalibrated checkpoint: say so, and how to calibrate
+        log.warning(json.dumps({"event": "operating_point", "warning": served.public_warning}))
     # uvicorn re-raises the signal that stopped it once it has shut down; with these handlers in place that is a
     # no-op, so the process ends normally and writes its stats.
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -10,29 +10,50 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from serve.gateway.protocol import GatewayError
+from serve.gateway.upstream_wire import ChunkParser, SourceError, bounded_lines, status_error
 
+__all__ = ["SourceError", "Upstream", "UpstreamStream", "GenerationParams", "LocalGenerator", "LocalRun",
+           "redact_url"]
+
+log = logging.getLogger("serve.gateway")
 _END = object()
 
 
-class SourceError(Exception):
-    """The response source failed after the response started (upstream error, timeout, malformed chunk).
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: what ``/health`` and the logs may show of the upstream.
 
-    Attributes:
-        type: ``upstream_error`` or ``upstream_timeout`` (OpenAI-style error type of the event sent to the client).
+    User name and password, path (some services put keys there), query (``?api-key=``) and fragment are left out.
     """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparseable URL>"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}"
 
-    def __init__(self, message: str, type: str = "upstream_error") -> None:
-        super().__init__(message)
-        self.type = type
+
+def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without ``user:password@`` and the credentials (sent as Basic auth instead, so that they never
+    appear in a URL that an error or a log line might print)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    credentials = (unquote(parts.username or ""), unquote(parts.password or ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), credentials
 
 
 # --------------------------------------------------------------------------------------------------- upstream
@@ -41,7 +62,8 @@ class Upstream:
     """An OpenAI-compatible server the gateway forwards requests to.
 
     Args:
-        base_url: e.g. ``http://127.0.0.1:8001/v1`` (``/chat/completions`` and ``/completions`` are appended).
+        base_url: e.g. ``http://127.0.0.1:8001/v1`` (``/chat/completions`` and ``/completions`` are appended to its
+            path); ``user:password@`` in it is sent as Basic auth; neither it nor its path or query is ever shown.
         api_key: Bearer key for the upstream, if it needs one.
         timeout: seconds to connect, and to wait for the response and for each further chunk.
         model: model name sent instead of the client's.
@@ -49,10 +71,13 @@ class Upstream:
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0,
                  model: str | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+        url, credentials = _split_credentials(base_url)
+        self.base_url = url
+        self.display_url = redact_url(url)
         self.model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout), headers=headers)
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout), headers=headers, auth=credentials,
+                                        follow_redirects=False)
 
     async def open(self, kind: str, body: dict[str, Any]) -> "UpstreamStream":
         """Send the request (always streaming upstream, so that it can be monitored and cancelled).
@@ -62,115 +87,97 @@ class Upstream:
             body: the client's request body (unknown fields are forwarded as they are).
 
         Raises:
-            GatewayError: the upstream answered an error status (its status and error body are relayed: 4xx stays
-                4xx), could not be reached (502) or did not answer in time (504).
+            GatewayError: the upstream answered an error status (see :func:`~serve.gateway.upstream_wire.
+                status_error`: 4xx stays 4xx, with a message of the gateway's), could not be reached (502) or did
+                not answer in time (504). Messages never name the upstream's address.
         """
         payload = {key: value for key, value in body.items() if key != "stream_options"}
         payload["stream"] = True
         if self.model is not None:
             payload["model"] = self.model
-        url = f"{self.base_url}/{'chat/completions' if kind == 'chat' else 'completions'}"
+        url = self.url_for("chat/completions" if kind == "chat" else "completions")
         try:
             response = await self.client.send(self.client.build_request("POST", url, json=payload), stream=True)
         except httpx.TimeoutException:
-            raise GatewayError(504, f"the upstream {self.base_url} did not answer in time", type="upstream_timeout",
+            raise GatewayError(504, "the upstream did not answer in time", type="upstream_timeout",
                                code="upstream_timeout") from None
         except httpx.HTTPError as err:
-            raise GatewayError(502, f"the upstream {self.base_url} cannot be reached: {err}", type="upstream_error",
+            log.warning(json.dumps({"event": "upstream_unreachable", "upstream": self.display_url,
+                                    "error": type(err).__name__}))
+            raise GatewayError(502, "the upstream cannot be reached", type="upstream_error",
                                code="upstream_unreachable") from None
         if response.status_code != 200:
-            raw = await response.aread()
-            await response.aclose()
-            raise _relayed_error(response.status_code, raw, self.base_url)
+            try:
+                raw = await _read_capped(response)
+            except httpx.HTTPError:
+                raw = b""
+            finally:
+                await response.aclose()
+            log.warning(json.dumps({"event": "upstream_status", "upstream": self.display_url,
+                                    "status": response.status_code}))
+            raise status_error(response.status_code, raw, body.keys())
         return UpstreamStream(response, kind)
+
+    def url_for(self, route: str) -> str:
+        """The base URL with ``/route`` appended to its path (a query such as ``?api-version=`` stays last)."""
+        parts = urlsplit(self.base_url)
+        return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{route}", parts.query, ""))
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self.client.aclose()
 
 
-def _relayed_error(status: int, raw: bytes, base_url: str) -> GatewayError:
-    message = f"the upstream {base_url} answered HTTP {status}"
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        parsed = None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    error = error if isinstance(error, dict) else {}
-    if isinstance(error.get("message"), str):
-        message = f"{message}: {error['message']}"
-    # The client's own mistakes (a bad parameter, an unknown model, too long) and rate limits keep their status;
-    # everything else, the upstream rejecting the gateway's key included, is a bad gateway.
-    relayed = status if status in (400, 404, 413, 422, 429) else 502
-    return GatewayError(relayed, message, type=error.get("type") or "upstream_error", param=error.get("param"),
-                        code=error.get("code"))
+async def _read_capped(response: httpx.Response, limit: int = 65536) -> bytes:
+    """At most ``limit`` bytes of an error body (only its ``param`` and ``code`` are read)."""
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) >= limit:
+            break
+    return bytes(data[:limit])
 
 
 class UpstreamStream:
-    """The text deltas of one upstream SSE response."""
+    """The text deltas of one upstream SSE response, read through :class:`~serve.gateway.upstream_wire.ChunkParser`.
+
+    Attributes:
+        finish_reason: one of OpenAI's values once the upstream sent one.
+        usage: the upstream's usage, validated (three integers), if it sent one.
+    """
 
     def __init__(self, response: httpx.Response, kind: str) -> None:
         self.response, self.kind = response, kind
-        self.finish_reason: str | None = None
-        self.usage: dict[str, int] | None = None
+        self.parser = ChunkParser(kind)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.parser.finish_reason
+
+    @property
+    def usage(self) -> dict[str, int] | None:
+        return self.parser.usage
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._deltas()
 
     async def _deltas(self) -> AsyncIterator[str]:
-        done = False
+        parser = self.parser
         try:
-            async for line in self.response.aiter_lines():
-                if not line or line.startswith(":") or not line.startswith("data:"):
-                    continue  # blank separators, comments, event:/id: fields
-                data = line[len("data:"):].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                for delta in self._parse(data):
+            async for line in bounded_lines(self.response.aiter_bytes()):
+                for delta in parser.line(line):
                     yield delta
+                if parser.done:
+                    break
         except httpx.TimeoutException:
             raise SourceError("the upstream stopped sending (timeout)", type="upstream_timeout") from None
         except httpx.HTTPError as err:
-            raise SourceError(f"the upstream connection failed: {err}") from None
-        if not done and self.finish_reason is None:
+            log.warning(json.dumps({"event": "upstream_connection_failed", "error": type(err).__name__}))
+            raise SourceError("the upstream connection failed") from None
+        for delta in parser.flush():
+            yield delta
+        if not parser.done and parser.finish_reason is None:
             raise SourceError("the upstream closed the stream before it finished (no finish_reason, no [DONE])")
-
-    def _parse(self, data: str) -> list[str]:
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
-            raise SourceError(f"the upstream sent a malformed chunk (not JSON): {data[:80]!r}") from None
-        if not isinstance(chunk, dict):
-            raise SourceError(f"the upstream sent a malformed chunk (not an object): {data[:80]!r}")
-        if "error" in chunk:
-            error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-            raise SourceError(f"the upstream reported an error mid-stream: {message}")
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        choices = chunk.get("choices")
-        if not isinstance(choices, list):
-            raise SourceError(f"the upstream sent a malformed chunk (no choices list): {data[:80]!r}")
-        deltas = []
-        for choice in choices:
-            if not isinstance(choice, dict):
-                raise SourceError(f"the upstream sent a malformed choice: {data[:80]!r}")
-            if self.kind == "chat":
-                delta = choice.get("delta") or {}
-                content = delta.get("content") if isinstance(delta, dict) else None
-                if not isinstance(delta, dict) or delta.get("tool_calls"):
-                    raise SourceError("the upstream sent a delta the gateway cannot monitor (tool calls or a "
-                                      "malformed delta)")
-            else:
-                content = choice.get("text")
-            if content is not None and not isinstance(content, str):
-                raise SourceError(f"the upstream sent non-text content: {data[:80]!r}")
-            if content:
-                deltas.append(content)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        return deltas
 
     async def aclose(self) -> None:
         """Close the HTTP response (and so the connection, when it is not finished)."""
@@ -297,6 +304,8 @@ class LocalRun:
             self.finish_reason = "length" if len(new) >= params.max_new_tokens and not ended_by_eos else "stop"
             self.emit(_END)
         except BaseException as err:  # handed to the event loop, which ends the client's stream with an error
+            log.error(json.dumps({"event": "local_generation_failed", "error": type(err).__name__}),
+                      exc_info=err)
             self.emit(err)
 
     def __aiter__(self) -> AsyncIterator[list[int]]:
@@ -308,7 +317,7 @@ class LocalRun:
             if item is _END:
                 return
             if isinstance(item, BaseException):
-                raise SourceError(f"local generation failed: {item}", type="server_error")
+                raise SourceError("local generation failed", type="server_error")
             with self.room:
                 self.ahead -= len(item)
                 self.room.notify_all()

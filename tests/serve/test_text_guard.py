@@ -389,3 +389,25 @@ def test_token_texts_and_scored_chars_say_what_was_scored(qwen_tokenizer):
     assert guard.scored_chars == len("Hi 😀 o\u0308\u0323") and guard.unscored_text == " ok then"
     assert guard.retokenizer.committed_chars == guard.scored_chars == guard.retokenizer.committed_normalized + 1
     assert "".join(guard.finish().token_texts) == " ok then" and guard.unscored_text == ""
+
+
+def test_raw_token_texts_cut_the_released_text_so_a_display_can_colour_all_of_it(qwen_tokenizer):
+    torch.manual_seed(0)
+    model = SCMModel(SCMConfig(backbone_config=tiny_llama_config(qwen_tokenizer).to_dict())).eval()
+    guard = TextStreamGuard(StreamingMonitor(model, qwen_tokenizer, rule=DelayK(10**9)), "p")
+    update = guard.feed("Hi 😀 o\u0308\u0323 ok then")
+    # The same six tokens, cut in the text as received: the combining sequence o + U+0308 + U+0323 (one segment
+    # for the normaliser) is shared by the three tokens that start in it and goes whole to the last of them.
+    assert update.released == "Hi 😀 o\u0308\u0323"
+    assert update.raw_token_texts == ["Hi", " \U0001f600", " ", "", "", "o\u0308\u0323"]
+    final = guard.finish()
+    assert final.released == " ok then" and final.raw_token_texts == [" ok", " then"]
+
+
+def test_raw_token_texts_stop_at_the_stop_token(flag_everything_scm, smol_tokenizer):
+    guard = TextStreamGuard(StreamingMonitor(flag_everything_scm, smol_tokenizer, rule=DelayK(3)), "p")
+    update = guard.feed("One two three four five six")
+    # The third flagged token stops the stream: the two before it are released, the stop token and later ones not.
+    assert update.stop is not None and update.stop.event.index == 2
+    assert update.released == "One two"
+    assert update.raw_token_texts == ["One", " two", "", ""]

@@ -16,6 +16,17 @@ delta for one guard of the batch, a guard passed twice, the model raising inside
 
 At the end the decision (stop or not, and the stop position) equals the whole-text decision: the monitor's rule on
 the scores of the whole text pushed at once (a score within 1e-5 of theta may tip either way: counted, tolerated).
+The tokens' received texts (``raw_token_texts``) add up to the received text they cover, and with hold-back to
+exactly what each call released (what the gateway's page colours).
+
+A second property runs the same checks on streams that come the way a proxy receives them: the SSE lines of a
+hostile upstream (text cut anywhere in its UTF-16 form, so that emoji arrive as two lone surrogate halves in
+consecutive chunks; lone surrogates; giant chunks; keepalive comments and ``event:``/``id:`` fields; fields that
+must never reach a client, such as ``reasoning_content``, ``refusal``, ``logprobs``, garbage ``usage`` and
+``finish_reason``; text after ``[DONE]``; error events and malformed chunks), read by the gateway's
+:class:`~serve.gateway.upstream_wire.ChunkParser`. The parser must hand the guard valid text only (the guard never
+refuses a delta), exactly the whole content repaired at once (pairs joined, lone halves U+FFFD), and nothing of the
+other fields; its errors carry none of the upstream's text.
 
 The fast tier runs ``FAST_EXAMPLES`` batches of ``BATCH / 2`` to ``BATCH`` cases per tokenizer with a fixed seed
 (about 1,170 cases each); the slow tier (``-m slow``) runs ``SLOW_CASES`` cases per tokenizer, 100K in all::
@@ -26,6 +37,7 @@ The fast tier runs ``FAST_EXAMPLES`` batches of ``BATCH / 2`` to ``BATCH`` cases
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -97,6 +109,7 @@ class Case:
     as_bytes: bool
     sizes: list[int]
     hold_back: bool
+    chunks: list[str] | None = None  # ready deltas (the upstream property) instead of cutting ``text`` by ``sizes``
 
 
 @dataclass
@@ -113,6 +126,7 @@ class Run:
     released: str = ""
     scored: list[int] = field(default_factory=list)
     scored_text: str = ""  # the token texts of the updates, joined
+    raw_scored: str = ""  # the tokens' received texts, joined
     next_chunk: int = 0
     stopped: bool = False
     finished: bool = False
@@ -131,6 +145,8 @@ def _cut(sequence, sizes: list[int]) -> list:
 
 def _chunks(case: Case) -> tuple[list, str]:
     """The deltas of a case and the text the guard should receive from them."""
+    if case.chunks is not None:
+        return list(case.chunks), "".join(case.chunks)
     if case.as_bytes:
         data = case.text.encode("utf-8", "surrogatepass")
         return _cut(data, case.sizes), data.decode("utf-8", "replace")
@@ -210,10 +226,14 @@ def _check_update(harness: Harness, run: Run, update) -> None:
     run.released += update.released
     run.scored += update.token_ids
     run.scored_text += "".join(update.token_texts)
+    run.raw_scored += "".join(update.raw_token_texts)
     assert guard.released_text == run.released
     assert run.effective.startswith(run.released), (run.case, run.released)
+    assert run.effective.startswith(run.raw_scored), (run.case, run.raw_scored)
     assert run.scored == run.reference_ids[: len(run.scored)], run.case
-    assert len(update.scores) == len(update.token_ids) == len(update.token_texts)
+    assert len(update.scores) == len(update.token_ids) == len(update.token_texts) == len(update.raw_token_texts)
+    if run.case.hold_back:
+        assert "".join(update.raw_token_texts) == update.released, (run.case, update)
     # The token texts are exactly the scored text, and scored_chars is a raw prefix whose normal form lies in it.
     first_unscored = run.starts[len(run.scored)] if len(run.scored) < len(run.starts) else len(run.normalized)
     assert run.scored_text == run.normalized[:first_unscored], run.case
@@ -244,8 +264,10 @@ def _check_final(harness: Harness, run: Run, k: int, reference_scores: list[floa
         return
     if stop is None:
         assert run.scored == run.reference_ids and run.released == run.effective, run.case
+        assert run.raw_scored == run.effective, run.case
     else:
         harness.stats["stopped"] += 1
+        assert run.raw_scored == run.effective[: stop.char_start], run.case
         assert run.scored[: expected + 1] == run.reference_ids[: expected + 1]
         assert stop.event.token_id == run.reference_ids[expected]
         if run.case.hold_back:
@@ -278,7 +300,7 @@ def _call(harness: Harness, runs: list[Run], group: list[Run], feeding: bool) ->
     raise AssertionError("a call kept failing")
 
 
-def run_batch(harness: Harness, cases: list[Case], faults: list, k: int) -> None:
+def run_batch(harness: Harness, cases: list[Case], faults: list, k: int) -> list[Run]:
     runs = harness.start(cases, k)
     fault_iter = iter(faults)
     while True:
@@ -320,6 +342,7 @@ def run_batch(harness: Harness, cases: list[Case], faults: list, k: int) -> None
     for run, scores in zip(runs, harness.reference_scores(runs)):
         _check_final(harness, run, k, scores)
         harness.stats["cases"] += 1
+    return runs
 
 
 @pytest.fixture(scope="module", params=["smollm2", "qwen2.5"])
@@ -365,3 +388,115 @@ def test_the_hold_back_promise_holds_over_100k_cases(harness, capsys):
     with capsys.disabled():
         print(f"\n{harness.name}: {harness.stats} in {time.perf_counter() - began:.0f} s")
     assert harness.stats["cases"] >= SLOW_CASES
+
+
+# --------------------------------------------------------------------------------------------------- upstream chunks
+
+NONCONTENT = "NONCONTENT-MARKER"  # written only into fields that must never reach a client
+UPSTREAM_EXAMPLES = 60  # x 4-8 streams per tokenizer in the fast tier
+NOISE_LINES = [
+    ": ping", ":" + NONCONTENT, "event: " + NONCONTENT, "id: " + NONCONTENT, "retry: 10", "",
+    "data: " + json.dumps({"id": NONCONTENT, "model": NONCONTENT, "choices": []}),
+    "data: " + json.dumps({"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": NONCONTENT}}]}),
+    "data: " + json.dumps({"choices": [{"index": 0, "delta": {"refusal": NONCONTENT}, "logprobs": NONCONTENT}]}),
+    "data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": NONCONTENT}]}),
+    "data: " + json.dumps({"choices": [], "usage": {"prompt_tokens": NONCONTENT, "completion_tokens": 1}}),
+    "data: " + json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "note": NONCONTENT}}),
+]
+# Extra fields next to the content of a chunk.
+EXTRA_DELTA_FIELDS = [{}, {"reasoning_content": NONCONTENT}, {"refusal": NONCONTENT, "role": NONCONTENT},
+                      {"audio": {"transcript": NONCONTENT}}]
+ENDINGS = {
+    "done": ["data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+             "data: [DONE]", "data: " + json.dumps({"choices": [{"delta": {"content": NONCONTENT}}]})],
+    "finish only": ["data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})],
+    "error event": ["data: " + json.dumps({"error": {"message": NONCONTENT, "code": NONCONTENT}})],
+    "malformed": ["data: {" + NONCONTENT],
+    "tool call": ["data: " + json.dumps({"choices": [{"delta": {"tool_calls": [{"function": {
+        "arguments": NONCONTENT}}]}}]})],
+}
+
+
+@dataclass
+class UpstreamStream:
+    lines: list[str]
+    contents: list[str]  # the content strings the upstream put in its chunks, in order
+    ending: str
+    hold_back: bool
+
+
+def _repaired(text: str) -> str:
+    """The whole text made valid at once: surrogate pairs joined, lone halves U+FFFD."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+@st.composite
+def _upstream_stream(draw):
+    text = draw(_text_strategy())
+    if draw(st.integers(0, 4)) == 0:  # a giant chunk
+        text += " word" * draw(st.integers(100, 600))
+    if draw(st.integers(0, 4)) == 0:  # a lone surrogate, as JSON lets an upstream send it
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from(SURROGATES)) + text[at:]
+    # Cut the text anywhere in its UTF-16 form: an emoji may arrive as two halves in consecutive chunks.
+    units = text.encode("utf-16-le", "surrogatepass")
+    count = len(units) // 2
+    cuts = sorted(set(draw(st.lists(st.integers(0, count), max_size=10))))
+    bounds = [0] + cuts + [count]
+    contents = [units[2 * a: 2 * b].decode("utf-16-le", "surrogatepass") for a, b in zip(bounds, bounds[1:])]
+    lines = []
+    for content in contents:
+        lines += draw(st.lists(st.sampled_from(NOISE_LINES), max_size=2))
+        delta = {"content": content, **draw(st.sampled_from(EXTRA_DELTA_FIELDS))}
+        lines.append("data: " + json.dumps({"id": NONCONTENT, "choices": [{"index": 0, "delta": delta}]}))
+    ending = draw(st.sampled_from(list(ENDINGS)))
+    return UpstreamStream(lines + ENDINGS[ending], contents, ending, draw(st.integers(0, 4)) != 0)
+
+
+def _parse_upstream(stream: UpstreamStream) -> list[str]:
+    """The parser's deltas for one stream (checking what it hands on and what its errors say)."""
+    from serve.gateway.upstream_wire import FINISH_REASONS, ChunkParser, SourceError
+
+    parser, deltas = ChunkParser("chat"), []
+    try:
+        for line in stream.lines:
+            deltas += parser.line(line)
+        deltas += parser.flush()
+        failed = False
+    except SourceError as err:
+        assert NONCONTENT not in str(err)
+        failed = True
+    assert failed == (stream.ending in ("error event", "malformed", "tool call"))
+    assert all(NONCONTENT not in delta and not any("\ud800" <= c <= "\udfff" for c in delta) for delta in deltas)
+    whole = _repaired("".join(stream.contents))
+    joined = "".join(deltas)
+    # A failed stream ends where it failed: a high half still waiting for its pair is never handed on.
+    assert joined == whole or (failed and whole.startswith(joined) and len(whole) - len(joined) <= 1)
+    assert parser.finish_reason in FINISH_REASONS | {None}
+    assert parser.usage in (None, {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
+    return deltas
+
+
+def test_upstream_chunks_reach_the_guard_as_valid_content_only(harness, capsys):
+    harness.stats = dict.fromkeys(harness.stats, 0)
+    began = time.perf_counter()
+
+    @seed(20261207)
+    @settings(max_examples=UPSTREAM_EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @given(streams=st.lists(_upstream_stream(), min_size=4, max_size=8),
+           faults=st.lists(st.sampled_from([None] * 3 + ["model"]), max_size=20), k=st.sampled_from([1, 2, 3]))
+    def check(streams, faults, k):
+        cases = []
+        for stream in streams:
+            deltas = _parse_upstream(stream)
+            cases.append(Case("".join(deltas), False, [], stream.hold_back, chunks=deltas))
+        for run in run_batch(harness, cases, faults, k):
+            assert NONCONTENT not in run.released
+
+    check()
+    stats = harness.stats
+    with capsys.disabled():
+        print(f"\n{harness.name} upstream chunks: {stats} in {time.perf_counter() - began:.1f} s")
+    # No delta was ever refused: the parser hands on valid Unicode only.
+    assert stats["cases"] >= UPSTREAM_EXAMPLES * 4 and stats["refused_surrogates"] == 0 and stats["stopped"] > 0

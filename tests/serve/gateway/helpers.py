@@ -21,7 +21,7 @@ from serve.gateway.server import BackgroundServer
 from serve.gateway.sources import LocalGenerator, Upstream
 from serve.gateway.detokenize import IncrementalDetokenizer
 from serve.monitor import StreamingMonitor, score_offline
-from test.scripted_upstream import ScriptedUpstream, UpstreamArguments, create_upstream_app
+from test.scripted_upstream import Script, ScriptedUpstream, UpstreamArguments, create_upstream_app
 
 
 def wait_until(condition, timeout: float = 10.0, message: str = "condition") -> None:
@@ -64,9 +64,11 @@ def _served(gateway: Gateway) -> Iterator[tuple[Gateway, BackgroundServer]]:
 
 
 @contextmanager
-def scripted_upstream(responses: dict[str, str] | None = None, **settings) -> Iterator[tuple[ScriptedUpstream, str]]:
-    """The scripted upstream server on loopback; yields its state and its ``/v1`` URL."""
-    state = ScriptedUpstream(UpstreamArguments(**settings), responses=responses)
+def scripted_upstream(responses: dict[str, str] | None = None, scripts: dict[str, Script] | None = None,
+                      **settings) -> Iterator[tuple[ScriptedUpstream, str]]:
+    """The scripted upstream server on loopback (``scripts``: raw answers by prompt); yields its state and its
+    ``/v1`` URL."""
+    state = ScriptedUpstream(UpstreamArguments(**settings), responses=responses, scripts=scripts)
     with BackgroundServer(create_upstream_app(state)) as server:
         yield state, f"{server.url}/v1"
 

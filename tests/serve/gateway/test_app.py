@@ -133,6 +133,17 @@ BAD_REQUESTS = [
      400, "context_length_exceeded"),
     ("POST", "/v1/completions", b'{"prompt": 7}', 400, "invalid_value"),
     ("POST", "/v1/moderations", b'{"input": {"text": "x"}}', 400, "invalid_value"),
+    # Lone surrogates (valid JSON, not Unicode text): in the prompt, a message that is not the last, moderations.
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi \\ud83d"}]}', 400,
+     "invalid_value"),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "system", "content": "\\udc80"}, {"role": "user", '
+                                     b'"content": "hi"}]}', 400, "invalid_value"),
+    ("POST", "/v1/completions", b'{"prompt": "a \\udfff"}', 400, "invalid_value"),
+    ("POST", "/v1/moderations", b'{"input": "x \\ud83d"}', 400, "invalid_value"),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * 100_000 +
+     b"]" * 100_000 + b"}", 400, "invalid_json"),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", '
+                                     b'"d", "e"]}', 400, "invalid_value"),
     ("GET", "/v1/chat/completions", b"", 405, "405"),
     ("POST", "/v1/nothing", b"{}", 404, "404"),
 ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from serve.gateway.protocol import (ChatCompletionRequest, ChatMessage, CompletionRequest, GatewayError,
-                                    ModerationRequest, chat_prompt_text, parse_request)
+from serve.gateway.protocol import (MAX_JSON_DEPTH, ChatCompletionRequest, ChatMessage, CompletionRequest,
+                                    GatewayError, ModerationRequest, chat_prompt_text, parse_body, parse_request)
 
 CONVERSATION = [
     ChatMessage(role="system", content="You are terse."),
@@ -77,3 +78,38 @@ def test_completion_and_moderation_requests_reject_empty_input():
     with pytest.raises(GatewayError, match="empty list"):
         parse_request(ModerationRequest, b'{"input": []}')
     assert parse_request(ModerationRequest, b'{"input": "text"}').input == "text"
+
+
+@pytest.mark.parametrize("raw, param, match", [
+    (b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "nested too deeply"),
+    (b'{"x": ' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}", None, f"more than {MAX_JSON_DEPTH} levels"),
+    (b'{"messages": [{"role": "user", "content": "hi \\ud83d"}]}', "messages.0.content",
+     "messages.0.content holds a lone UTF-16 surrogate (U+D83D) at character 3"),
+    (b'{"a": {"\\udc80": 1}}', "a.\\udc80", "a.\\udc80 holds a lone UTF-16 surrogate (U+DC80) at character 0"),
+    (b'{"input": ["ok", "\\udfff"]}', "input.1", "input.1 holds a lone UTF-16 surrogate (U+DFFF)"),
+])
+def test_bodies_too_deep_or_with_lone_surrogates_are_400_naming_the_field(raw, param, match):
+    with pytest.raises(GatewayError, match=re.escape(match)) as caught:
+        parse_body(raw)
+    assert (caught.value.status, caught.value.param) == (400, param)
+
+
+def test_bodies_within_the_limits_parse_and_surrogate_pairs_are_fine():
+    nested = b'{"x": ' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}"
+    assert "x" in parse_body(nested)
+    assert parse_body(b'{"text": "\\ud83d\\ude00"}') == {"text": "\U0001F600"}
+
+
+@pytest.mark.parametrize("stop, match", [
+    (["a"] * 5, "5 stop sequences; send at most 4"),
+    (["a"] * 1000, "1000 stop sequences; send at most 4"),
+    ("x" * 129, "1 to 128 characters, got 129"),
+    (["ok", ""], "1 to 128 characters, got 0"),
+])
+def test_stop_lists_are_bounded(stop, match):
+    raw = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stop": stop}).encode()
+    with pytest.raises(GatewayError, match=match) as caught:
+        parse_request(ChatCompletionRequest, raw)
+    assert caught.value.param == "stop"
+    fine = {"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "x" * 128]}
+    assert parse_request(ChatCompletionRequest, json.dumps(fine).encode()).stop == fine["stop"]
