@@ -1,10 +1,15 @@
-"""Live check, step 1: answer every prompt of a FineHarm-format split with a real generator (by default the embedded
-SmolLM2-135M-Instruct), as a user of the monitor would run it, and keep the answers as the project's own data.
+"""Live check, step 1: answer every prompt of a FineHarm-format split, or of the project's own prompt set, with a
+real generator (by default the embedded SmolLM2-135M-Instruct), as a user of the monitor would run it, and keep the
+answers as the project's own data.
 
-The prompts are the split's own (realmix test for the live check); what is written is the *generated* answers,
-keyed by the split's record index (``test-00012``, the ids ``utils/data_process.py`` gives), with a SHA-256 of the
-prompt so the key can be checked against the data, and the record's source metadata. The prompts and the data's
-responses themselves are never written, so the output can be committed where the data may not be.
+With ``--input-dir`` the prompts are the split's own (realmix test for the live check); what is written is the
+*generated* answers, keyed by the split's record index (``test-00012``, the ids ``utils/data_process.py`` gives), with
+a SHA-256 of the prompt so the key can be checked against the data, and the record's source metadata. The prompts and
+the data's responses themselves are never written, so the output can be committed where the data may not be.
+
+With ``--prompts`` the prompts are a prompt-set JSONL in the format of ``test/live_prompts.jsonl`` (the project's own
+requests, ``test/live_prompts.py``): answers are keyed by the prompt's ``id`` and carry the prompt text itself (the
+project wrote it), its SHA-256, ``intent``, ``category``, ``sounds_dangerous`` and ``requests_harm`` (intent harmful).
 
 Decoding is deterministic: greedy by default (``--do-sample`` samples with ``--seed``), through the generator's chat
 template (SmolLM2's adds its default system prompt), at most ``--max-new-tokens`` new tokens. Identical prompts are
@@ -19,6 +24,8 @@ Commands (``bash scripts/run-live-check.sh generate`` runs the first)::
         --output-file results/live-check/answers.jsonl
     python -m test.live_generate --input-dir .cache/fineharm-sample --split test --limit 8 --max-new-tokens 32 \
         --output-file runs/live/answers.jsonl
+    python -m test.live_generate --prompts test/live_prompts.jsonl \
+        --output-file results/live-check-own/answers.jsonl --num-threads 1
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from utils.cli import parse_dataclasses
+from utils.cli import parse_dataclasses, require_at_least
 from utils.data.fineharm import SPLIT_FILES, load_split
 from utils.io_utils import DataFormatError, read_jsonl, write_json, write_jsonl
 
@@ -53,9 +60,12 @@ XSTEST_UNSAFE_PREFIX = "contrast_"
 class LiveGenerateArguments:
     """Flags of ``python -m test.live_generate``."""
 
-    input_dir: str = field(metadata={"help": "FineHarm-format folder whose prompts are answered (e.g. "
-                                             "../shared/data/realmix)."})
     output_file: str = field(metadata={"help": "JSONL of generated answers (a .meta.json sidecar goes beside it)."})
+    input_dir: str | None = field(default=None, metadata={
+        "help": "FineHarm-format folder whose prompts are answered (e.g. ../shared/data/realmix); or use --prompts."})
+    prompts: str | None = field(default=None, metadata={
+        "help": "Prompt-set JSONL to answer instead of --input-dir (e.g. test/live_prompts.jsonl, the project's own "
+                "requests; its prompt text is stored with each answer)."})
     split: str = field(default="test", metadata={"help": "Split whose prompts are answered.",
                                                  "choices": list(SPLIT_FILES)})
     generator: str | None = field(default=None, metadata={
@@ -106,6 +116,19 @@ def distinct_prompts(records: list[dict[str, Any]], split: str) -> list[dict[str
     return list(by_hash.values())
 
 
+def own_prompts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries like :func:`distinct_prompts`' for a prompt set (:func:`test.live_prompts.read_prompts` records).
+
+    Returns:
+        Dicts with ``key`` (the record's ``id``), ``prompt`` (stored with the answer: the project wrote it),
+        ``prompt_sha256``, ``source`` ("project"), ``intent``, ``category``, ``sounds_dangerous`` and
+        ``requests_harm`` (intent harmful).
+    """
+    return [{"key": r["id"], "prompt": r["prompt"], "prompt_sha256": prompt_sha256(r["prompt"]), "source": "project",
+             "intent": r["intent"], "category": r["category"], "sounds_dangerous": r["sounds_dangerous"],
+             "requests_harm": r["intent"] == "harmful"} for r in records]
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,16 +146,18 @@ def _chat_text(tokenizer: Any, prompt: str) -> str:
 
 def generate_answers(
     model: Any, tokenizer: Any, prompts: list[dict[str, Any]], args: LiveGenerateArguments, done: set[str],
-    on_batch: Any,
+    on_batch: Any, keep_prompt: bool = False,
 ) -> None:
     """Answer ``prompts`` (skipping keys in ``done``) in length-sorted, left-padded batches.
 
     Args:
         model, tokenizer: the generator (``tokenizer.padding_side`` is set to left here).
-        prompts: :func:`distinct_prompts` output.
+        prompts: :func:`distinct_prompts` or :func:`own_prompts` output; every field but ``prompt`` goes into the
+            answer record.
         args: generation settings.
         done: keys already answered (resumed run).
         on_batch: called with the list of answer records of each finished batch.
+        keep_prompt: also store the prompt text (the project's own prompts only).
     """
     tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -160,8 +185,7 @@ def generate_answers(
                 if finished:
                     ids = ids[:ids.index(tokenizer.eos_token_id)]
                 records.append({
-                    **{k: prompt[k] for k in ("key", "indices", "prompt_sha256", "source", "attack", "model", "type",
-                                              "requests_harm")},
+                    **{k: v for k, v in prompt.items() if keep_prompt or k != "prompt"},
                     "prompt_tokens": lengths[prompt["key"]],
                     "answer": tokenizer.decode(ids, skip_special_tokens=True),
                     "answer_tokens": len(ids),
@@ -182,20 +206,27 @@ def main(args: LiveGenerateArguments) -> Path:
         ValueError: bad flags. FileNotFoundError / DataFormatError: missing or malformed input.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("max_new_tokens", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1 (or left out), got {args.limit}")
+    require_at_least(args, 1, "max_new_tokens", "batch_size", "num_threads")
+    require_at_least(args, 1, "limit", hint="or left out")
     if args.num_threads is not None:
-        if args.num_threads < 1:
-            raise ValueError(f"--num-threads must be >= 1, got {args.num_threads}")
         torch.set_num_threads(args.num_threads)
     output = Path(args.output_file)
     if output.suffix != ".jsonl":
         raise ValueError(f"--output-file {output} must end in .jsonl")
-    records = load_split(Path(args.input_dir) / SPLIT_FILES[args.split])
-    prompts = distinct_prompts(records, args.split)[:args.limit]
+    if (args.input_dir is None) == (args.prompts is None):
+        raise ValueError("pass exactly one of --input-dir (a FineHarm-format folder, e.g. ../shared/data/realmix) and "
+                         "--prompts (a prompt set, e.g. test/live_prompts.jsonl)")
+    if args.prompts is not None:
+        from test.live_prompts import read_prompts
+
+        records = read_prompts(args.prompts)
+        prompts = own_prompts(records)[:args.limit]
+        source = {"prompts": args.prompts, "records": len(records), "distinct_prompts": len(prompts)}
+    else:
+        records = load_split(Path(args.input_dir) / SPLIT_FILES[args.split])
+        prompts = distinct_prompts(records, args.split)[:args.limit]
+        source = {"dir": args.input_dir, "split": args.split, "records": len(records),
+                  "distinct_prompts": len(prompts)}
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from model.assets import smollm2_path
@@ -211,7 +242,7 @@ def main(args: LiveGenerateArguments) -> Path:
     for answer in answers:
         if answer.get("key") not in keys or answer.get("prompt_sha256") != keys[answer["key"]]["prompt_sha256"]:
             raise DataFormatError(f"{partial}: holds answers to other prompts (key {answer.get('key')!r}); delete it "
-                                  f"or use the --input-dir/--split it was made with")
+                                  f"or use the --input-dir/--split or --prompts it was made with")
     if answers:
         logger.info("resuming: %d of %d prompts already answered in %s", len(answers), len(prompts), partial)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +253,8 @@ def main(args: LiveGenerateArguments) -> Path:
             for record in batch:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    generate_answers(model, tokenizer, prompts, args, {a["key"] for a in answers}, append)
+    generate_answers(model, tokenizer, prompts, args, {a["key"] for a in answers}, append,
+                     keep_prompt=args.prompts is not None)
     order = {p["key"]: i for i, p in enumerate(prompts)}
     answers.sort(key=lambda a: order[a["key"]])
     write_jsonl(output, answers)
@@ -231,8 +263,7 @@ def main(args: LiveGenerateArguments) -> Path:
     write_json(output.with_name(output.name.removesuffix(".jsonl") + ".meta.json"), {
         "format_version": 1, "script": SCRIPT, "arguments": asdict(args), "command": " ".join([SCRIPT, *sys.argv[1:]]),
         "generator": args.generator or "embedded SmolLM2-135M-Instruct (model.assets.smollm2_path())",
-        "input": {"dir": args.input_dir, "split": args.split, "records": len(records),
-                  "distinct_prompts": len(prompts)},
+        "input": source,
         "answers": len(answers), "finished": sum(a["finished"] for a in answers),
         "requests_harm": sum(a["requests_harm"] for a in answers),
         "decoding": "sampled" if args.do_sample else "greedy", "chat_template": bool(tokenizer.chat_template),
