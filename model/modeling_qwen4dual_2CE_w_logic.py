@@ -63,6 +63,8 @@ class SCMConfig(PreTrainedConfig):
             head, the paper's model). A stop names the most likely one at the stopping token.
         category_weight: weight of the category cross-entropy in the loss.
         category_positions: where the category head learns: ``tokens`` or ``pooled`` (:data:`CATEGORY_POSITIONS`).
+        category_detach: train the category head on detached hidden states, so that its loss cannot move the
+            backbone away from what detection needs (the head then reads the detector's own features).
         max_prompt_tokens: how many tokens of ``prompt + "\\n\\n"`` the training data kept (the data's
             ``--max-prompt-tokens``; 0: the response alone after BOS; None: whole prompts, the paper's). Training
             records it and the streaming runtime cuts prompts the same way, so a monitor trained on the last 64
@@ -87,6 +89,7 @@ class SCMConfig(PreTrainedConfig):
     category_labels: list[str] | None = None
     category_weight: float = 0.5
     category_positions: str = "tokens"
+    category_detach: bool = False
 
     def __post_init__(self, **kwargs):
         if not self.id2label or len(self.id2label) != 2:
@@ -299,13 +302,15 @@ class SCMModel(PreTrainedModel):
         """True when the checkpoint names harm categories (``--category-head``)."""
         return bool(self.config.category_labels)
 
-    def add_category_head(self, labels: list[str], weight: float = 0.5, positions: str = "tokens") -> None:
+    def add_category_head(self, labels: list[str], weight: float = 0.5, positions: str = "tokens",
+                          detach: bool = False) -> None:
         """Give a fresh model the category head (training's ``--category-head``, once the data's categories are known).
 
         Args:
             labels: the category names, in the order of the head's outputs.
             weight: the category cross-entropy's weight in the loss.
             positions: ``tokens`` or ``pooled`` (:data:`CATEGORY_POSITIONS`).
+            detach: train the head on detached hidden states (its loss leaves the backbone alone).
 
         Raises:
             ValueError: bad labels, weight or positions, or a model that already has the head.
@@ -317,6 +322,7 @@ class SCMModel(PreTrainedModel):
         self.config.category_labels = check.category_labels
         self.config.category_weight = float(weight)
         self.config.category_positions = positions
+        self.config.category_detach = bool(detach)
         reference = self.holistic_scorer.weight
         self.category_scorer = nn.Linear(reference.shape[1], len(labels)).to(reference.device, reference.dtype)
         nn.init.xavier_uniform_(self.category_scorer.weight)
@@ -377,7 +383,9 @@ class SCMModel(PreTrainedModel):
         ids = input_ids if input_ids is not None and input_ids.shape == pooling_mask.shape else None
         last = holistic_index(ids, pooling_mask, self.config.holistic_pooling, self.config.pooling_pad_token_id)
         sequence_logits = self.holistic_scorer(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
-        category_logits = self.category_scorer(hidden) if self.has_category_head else None
+        category_logits = None
+        if self.has_category_head:
+            category_logits = self.category_scorer(hidden.detach() if self.config.category_detach else hidden)
 
         loss = token_loss = holistic_loss = logic_loss = category_loss = None
         if sequence_labels is not None or token_labels is not None:

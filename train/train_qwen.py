@@ -70,6 +70,9 @@ class QwenModelArguments(CommonModelArguments):
     category_positions: str = field(default="tokens", metadata={
         "help": "Where the category head learns: tokens (every harmful-labelled token of a categorised harmful "
                 "response) or pooled (the holistic head's position).", "choices": list(CATEGORY_POSITIONS)})
+    category_detach: bool = field(default=False, metadata={
+        "help": "Train the category head on detached hidden states, so that its loss leaves the backbone (and "
+                "detection) alone."})
 
 
 @dataclass

@@ -133,7 +133,7 @@ def to_dataset(records: list[dict[str, Any]]):
 
 def attach_category_head(
     model: torch.nn.Module, train_records: list[dict[str, Any]], eval_records: list[dict[str, Any]],
-    weight: float, positions: str, data_dirs: Sequence[str], logger: Any,
+    weight: float, positions: str, data_dirs: Sequence[str], logger: Any, detach: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """Give the model a category head over the training data's categories and index every record's category.
 
@@ -141,6 +141,7 @@ def attach_category_head(
         model: a fresh ``SCMModel``.
         train_records, eval_records: processed records; each must carry ``category`` (None for benign).
         weight, positions: the head's loss weight and where it learns (``--category-weight``, ``--category-positions``).
+        detach: whether the head learns on detached hidden states (``--category-detach``).
         data_dirs: the ``--data-dir`` folders, for the error message.
         logger: where the category counts go.
 
@@ -165,7 +166,7 @@ def attach_category_head(
     if not counts:
         raise ValueError(f"--category-head: no harmful training record of {', '.join(data_dirs)} names a category")
     labels = ordered_categories(counts)
-    model.add_category_head(labels, weight, positions)
+    model.add_category_head(labels, weight, positions, detach=detach)
     index = {name: i for i, name in enumerate(labels)}
 
     def indexed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -519,7 +520,7 @@ def run_training(
     if getattr(args, "category_head", False):
         train_records, eval_records, _ = attach_category_head(
             model, train_records, eval_records, args.category_weight, args.category_positions,
-            [str(d) for d in args.data_dir], logger)
+            [str(d) for d in args.data_dir], logger, detach=args.category_detach)
         train_args.label_names = [*train_args.label_names, CATEGORY_COLUMN]
     vocab = model.get_input_embeddings().num_embeddings
     data.check_vocabulary(vocab, args.base_model_path)

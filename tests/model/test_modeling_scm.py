@@ -330,3 +330,22 @@ def test_category_head_round_trips_and_is_validated(model, tmp_path):
         SCMConfig(backbone_config=tiny_qwen2_config(), category_labels=["a"], category_positions="everywhere")
     with pytest.raises(ValueError, match="category_labels must be distinct"):
         SCMConfig(backbone_config=tiny_qwen2_config(), category_labels=["a", "a"])
+
+
+def test_a_detached_category_head_leaves_the_backbone_gradients_alone(model):
+    input_ids, attention_mask, token_labels, sequence_labels, categories = _category_batch()
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        fresh = SCMModel(SCMConfig(backbone_config=tiny_qwen2_config().to_dict())).eval()
+        fresh.add_category_head(["hate", "illicit"], weight=1.0, detach=detach)
+        out = fresh(input_ids=input_ids, attention_mask=attention_mask, token_labels=token_labels,
+                    sequence_labels=sequence_labels, category_labels=categories)
+        fresh.zero_grad()
+        out.category_loss.requires_grad_(False)
+        torch.autograd.backward(fresh._category_loss(out.category_logits, categories, token_labels,
+                                                      torch.tensor([8, 5])))
+        grads[detach] = fresh.backbone.layers[-1].mlp.down_proj.weight.grad
+        assert fresh.category_scorer.weight.grad is not None and fresh.category_scorer.weight.grad.abs().sum() > 0
+    assert grads[False] is not None and grads[False].abs().sum() > 0
+    assert grads[True] is None or grads[True].abs().sum() == 0
