@@ -6,6 +6,8 @@
 - ``serve.text_guard``: :class:`~serve.text_guard.TextStreamGuard`, text deltas of any LLM -> monitored tokens,
   hold-back so that no unscored text is released.
 - ``serve.generate``: :class:`~serve.generate.MonitorStoppingCriteria` for ``model.generate(...)``.
+- ``serve.category_policy``: harm categories at serving time (which categories stop a stream and which are only
+  annotated; OpenAI's and Azure's wire shapes) for checkpoints with a category head.
 
 Submodules are imported on use, so ``import serve`` stays cheap.
 """

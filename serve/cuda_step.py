@@ -24,6 +24,11 @@ Design, in two layers so the graph only ever wraps code that is tested on a CPU:
    Multi-token pushes (prompts, catch-up) keep the eager runtime. In ``static`` mode it runs the static step
    without capture for every width (any device): the tested reference and a debugging aid.
 
+Heads: the step ends in the token and holistic heads and, for a checkpoint with a category head, the category head
+and its softmax, all inside the captured graph: its single output is ``(2 + n_categories, rows, width)`` (token,
+holistic, then each category's probability), copied to the host in one transfer. A head-less checkpoint's output is
+``(2, rows, width)`` exactly as before.
+
 Read-length buckets: attending over the whole slab capacity would make the cost of a short stream depend on the
 longest one's buffer; attending over exactly the needed columns would capture a graph per token. Buckets round
 the needed length up by at most a quarter (:func:`read_length_bucket`), so a stream growing to 4K tokens captures
@@ -183,7 +188,8 @@ class StaticDecoderStep:
             read_length: leading buffer columns attended over (>= every real query's position + 1).
 
         Returns:
-            ``(2, rows, width)`` fp32: token-head then holistic-head probabilities of the harmful class.
+            ``(2 + n_categories, rows, width)`` fp32: token-head then holistic-head probabilities of the harmful
+            class, then (with a category head; ``n_categories`` is 0 without one) the category distribution.
         """
         rows, width = input_ids.shape
         groups, kv_heads, head_dim = self.groups, self.n_kv_heads, self.head_dim
@@ -206,6 +212,9 @@ class StaticDecoderStep:
         hidden = backbone.norm(hidden)
         token = _harmful_probability(self.model.token_scorer(hidden))
         holistic = _harmful_probability(self.model.holistic_scorer(hidden))
+        if getattr(self.model, "has_category_head", False):
+            categories = torch.softmax(self.model.category_scorer(hidden).float(), dim=-1).permute(2, 0, 1)
+            return torch.cat((token.unsqueeze(0), holistic.unsqueeze(0), categories))
         return torch.stack((token, holistic))
 
     def _attention(
@@ -299,7 +308,7 @@ class FastStepStats:
 class _Graph:
     inputs: torch.Tensor  # (3, rows, width) long: ids, positions, write columns
     replay: Callable[[], None]
-    output: torch.Tensor  # (2, rows, width) fp32
+    output: torch.Tensor  # (2 + n_categories, rows, width) fp32
 
 
 class FastStep:
@@ -351,12 +360,14 @@ class FastStep:
         positions: list[list[int]],
         columns: list[list[int]],
         kv_length: int,
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
         """One planned step (the lists ``StreamingMonitor._forward`` builds, ``(rows, width)`` each).
 
         Returns:
-            ``(token, holistic)`` probabilities ``(rows, width)`` on the CPU, or None when this step must go
-            through the eager runtime instead (graph mode switched off after a failed capture).
+            ``(token, holistic, categories)`` on the CPU: probabilities ``(rows, width)``, and the category
+            distribution ``(rows, width, n_categories)`` for a checkpoint with a category head (else None); or None
+            when this step must go through the eager runtime instead (graph mode switched off after a failed
+            capture).
         """
         device = self.step.model.get_input_embeddings().weight.device
         plan = torch.tensor([input_ids, positions, columns], dtype=torch.long)
@@ -368,14 +379,12 @@ class FastStep:
         if graph is None:
             self.stats.static_steps += 1
             plan = plan.to(device)
-            probs = self.step(slab, plan[0], plan[1], plan[2], read_length).cpu()
-            return probs[0], probs[1]
+            return _split(self.step(slab, plan[0], plan[1], plan[2], read_length).cpu())
         graph.inputs.copy_(plan)
         graph.replay()
         self.stats.replays += 1
-        # One device-to-host copy for both heads (it also waits for the replay).
-        probs = graph.output.cpu()
-        return probs[0], probs[1]
+        # One device-to-host copy for all heads (it also waits for the replay).
+        return _split(graph.output.cpu())
 
     def release_slab(self, slab: KVSlab) -> None:
         """Forget the graphs captured over ``slab``'s buffers (the monitor is freeing the slab).
@@ -430,6 +439,11 @@ class FastStep:
             self._graphs.popitem(last=False)
             self.stats.evictions += 1
         return graph
+
+
+def _split(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A step's output ``(2 + n_categories, rows, width)`` -> token, holistic, categories ``(rows, width, n)``."""
+    return probs[0], probs[1], probs[2:].permute(1, 2, 0) if probs.shape[0] > 2 else None
 
 
 def make_fast_step(model: torch.nn.Module, fast_path: "str | FastStep") -> FastStep | None:

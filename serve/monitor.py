@@ -29,6 +29,11 @@ Design notes:
   (``serve/cuda_step.py``: a static step over the same slab, captured in CUDA graphs) takes the one-token
   steps instead when ``fast_path`` selects it (``auto``: on CUDA for supported backbones) and keeps the rest.
   Nothing here assumes a device or a dtype; scores are returned in fp32.
+- A checkpoint with a category head (``SCMConfig.category_labels``) also gives every scored token its category
+  distribution (one more ``Linear(hidden, n_categories)`` and a softmax per token, in the eager step and inside the
+  CUDA fast path's graph alike); a stop names the category at the stop token with per-category scores, and the
+  category policy (``serve/category_policy.py``) may let a firing of the rule through as an annotation. Without a
+  head nothing of this runs and every result is as before.
 - Misuse raises a :class:`StreamingError` subclass with a message that says what to do; a push that raises changes
   no stream.
 """
@@ -47,6 +52,8 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from model.modeling_qwen4dual_2CE_w_logic import SCMModel
+from serve.category_policy import (BLOCK, CategoryPolicy, NO_HEAD_HINT, category_scores as _category_scores,
+                                   named_category)
 from serve.kv_slab import CAPACITY_QUANTUM, KVSlab, SlabCache, StepPlan, build_attention_mask
 from serve.cuda_step import FastStep, make_fast_step
 from utils.decision_rules import DecisionRule, RuleState, make_rule
@@ -108,6 +115,10 @@ class StopEvent:
         rule: the rule's name (``delay-3``, ``consecutive-2``).
         theta: the flagging threshold.
         scorer: ``token`` or ``holistic``.
+        category: with a category head, the category named at the stop token (the argmax of its category
+            distribution); None without a head.
+        category_scores: with a head, ``score x p(category | harmful)`` at the stop token for every category the
+            head knows (``serve/category_policy.py``); None without a head.
     """
 
     index: int
@@ -117,11 +128,44 @@ class StopEvent:
     rule: str
     theta: float
     scorer: str
+    category: str | None = None
+    category_scores: dict[str, float] | None = None
 
     def describe(self) -> str:
         """One human-readable line, e.g. for a CLI report."""
-        return (f"stopped at response token {self.index} (id {self.token_id}): {self.scorer} score {self.score:.4f} "
+        text = (f"stopped at response token {self.index} (id {self.token_id}): {self.scorer} score {self.score:.4f} "
                 f">= theta {self.theta}, {self.rule} count reached {self.count}")
+        if self.category is not None:
+            text += f", category {self.category} ({self.category_scores[self.category]:.4f})"
+        return text
+
+
+@dataclass(frozen=True)
+class CategoryAnnotation:
+    """A firing of the decision rule that did not stop the stream because of the category named there
+    (``serve/category_policy.py``).
+
+    Attributes:
+        index, token_id, score, count: as in :class:`StopEvent`, at the firing token.
+        category: the category named at that token.
+        category_score: its category score there (``score x p(category | harmful)``).
+        reason: ``annotated`` (an annotated category) or ``below_threshold`` (a blocked category below its
+            ``--category-thresholds`` value).
+    """
+
+    index: int
+    token_id: int
+    score: float
+    count: int
+    category: str
+    category_score: float
+    reason: str
+
+    def public(self) -> dict[str, Any]:
+        """The annotation as the gateway reports it (no token text: the id only)."""
+        return {"response_token_index": self.index, "token_id": self.token_id, "score": self.score,
+                "count": self.count, "category": self.category, "category_score": self.category_score,
+                "reason": self.reason}
 
 
 @dataclass
@@ -135,6 +179,9 @@ class PushResult:
         count: the rule's running counter after this push (at the stop when the rule fired).
         seen: response tokens the rule has consumed so far (it consumes none after a stop).
         stop: the stop event when the rule fired in this push, else None.
+        category_probs: with a category head, each new token's category distribution (``softmax`` of the head's
+            logits, p(category | harmful), in ``monitor.category_labels`` order); None without a head.
+        annotations: firings of the rule in this push that the category policy let through.
     """
 
     scores: list[float]
@@ -143,6 +190,8 @@ class PushResult:
     count: int
     seen: int
     stop: StopEvent | None = None
+    category_probs: list[list[float]] | None = None
+    annotations: list[CategoryAnnotation] = field(default_factory=list)
 
     @property
     def stopped(self) -> bool:
@@ -160,6 +209,7 @@ class StreamState:
         rule_state: the decision rule's running state.
         stop: the stop event once the rule fired.
         closed: True after :meth:`StreamingMonitor.close`.
+        annotations: every firing of the rule the category policy let through so far.
     """
 
     stream_id: int
@@ -168,6 +218,7 @@ class StreamState:
     rule_state: RuleState = field(default_factory=RuleState)
     stop: StopEvent | None = None
     closed: bool = False
+    annotations: list[CategoryAnnotation] = field(default_factory=list)
     _monitor: Any = field(default=None, repr=False)
     _slab: KVSlab | None = field(default=None, repr=False)
     _row: int = field(default=-1, repr=False)
@@ -293,10 +344,13 @@ class StreamingMonitor:
         fast_path: ``auto`` (CUDA graphs for one-token steps when the model is on CUDA and its backbone is
             supported, else the eager runtime), ``off``, ``static`` or ``cuda-graph`` (forced; see
             ``serve/cuda_step.py``), or a ready ``FastStep``. Decide it after moving the model to its device.
+        category_policy: with a category head, which categories stop a stream and which are only annotated
+            (``serve/category_policy.py``); default: every category blocks (a stop is where the rule alone stops,
+            and names its category). Also settable later as ``monitor.category_policy``.
 
     Raises:
         ValueError: bad theta, k, rule or scorer; a backbone with sliding-window or other non-full attention layers;
-            a forced fast path that cannot run here.
+            a forced fast path that cannot run here; a category policy for a head-less model, or for other labels.
     """
 
     def __init__(
@@ -310,6 +364,7 @@ class StreamingMonitor:
         scorer: str | None = None,
         attn_implementation: str | None = None,
         fast_path: str | FastStep = "auto",
+        category_policy: CategoryPolicy | None = None,
     ) -> None:
         config = model.config
         self.model = model.eval()
@@ -342,6 +397,11 @@ class StreamingMonitor:
         self._stream_ids = itertools.count()
         self._cache_kwarg = cache_argument_name(type(model.backbone))
         self._fast_step = make_fast_step(self.model, fast_path)
+        # The category head's labels (None: the paper's model, no head); the policy over them.
+        self.category_labels: list[str] | None = (list(config.category_labels)
+                                                  if getattr(model, "has_category_head", False) else None)
+        self._category_policy: CategoryPolicy | None = None
+        self.category_policy = category_policy
         # Where theta/k/scorer came from (serve.operating_point.ServedOperatingPoint); set by from_pretrained.
         self.operating_point: Any = None
         # Every slab in use, by id: what memory_stats() reports and what _tidy() frees.
@@ -433,9 +493,36 @@ class StreamingMonitor:
         """The fast path's counters (graph captures, replays, a capture failure), or None when it is off."""
         return None if self._fast_step is None else self._fast_step.stats_dict()
 
+    @property
+    def category_policy(self) -> CategoryPolicy | None:
+        """Which categories stop a stream (None without a category head)."""
+        return self._category_policy
+
+    @category_policy.setter
+    def category_policy(self, policy: CategoryPolicy | None) -> None:
+        """Set the policy (None: the default, every category blocks).
+
+        Raises:
+            ValueError: a policy for a head-less model, or over other labels than the head's.
+        """
+        if self.category_labels is None:
+            if policy is not None:
+                raise ValueError(f"a category policy was given, but {NO_HEAD_HINT}")
+            self._category_policy = None
+            return
+        if policy is None:
+            policy = CategoryPolicy.block_all(self.category_labels)
+        if list(policy.labels) != self.category_labels:
+            raise ValueError(f"the category policy is over {list(policy.labels)}, but this checkpoint's head names "
+                             f"{self.category_labels}")
+        self._category_policy = policy
+
     def describe(self) -> dict[str, Any]:
-        """The operating point, for reports: theta, rule, scorer."""
-        return {"theta": self.theta, "rule": self.rule.name, "scorer": self.scorer}
+        """The operating point, for reports: theta, rule, scorer (and the category policy, with a head)."""
+        described = {"theta": self.theta, "rule": self.rule.name, "scorer": self.scorer}
+        if self._category_policy is not None:
+            described["categories"] = self._category_policy.public()
+        return described
 
     def memory_stats(self) -> dict[str, int]:
         """What the KV storage holds against what the open streams need (for reports and service metrics).
@@ -591,10 +678,11 @@ class StreamingMonitor:
         row_ids: list[list[int]] = [[] for _ in range(slab.n_rows)]
         for i in active:
             row_ids[states[i]._row] = id_lists[i]
-        token_probs, holistic_probs = self._forward(slab, row_ids)
+        token_probs, holistic_probs, category_probs = self._forward(slab, row_ids)
         for i in active:
-            results[i] = self._consume(states[i], id_lists[i], token_probs[states[i]._row],
-                                       holistic_probs[states[i]._row])
+            row = states[i]._row
+            results[i] = self._consume(states[i], id_lists[i], token_probs[row], holistic_probs[row],
+                                       None if category_probs is None else category_probs[row])
         return results
 
     @torch.inference_mode()
@@ -656,20 +744,51 @@ class StreamingMonitor:
     def _empty_result(self, state: StreamState) -> PushResult:
         return PushResult([], [], [], count=state.rule_state.count, seen=state.rule_state.seen, stop=None)
 
-    def _consume(self, state: StreamState, ids: list[int], token: list[float], holistic: list[float]) -> PushResult:
+    def _consume(self, state: StreamState, ids: list[int], token: list[float], holistic: list[float],
+                 categories: list[list[float]] | None = None) -> PushResult:
         scores = token if self.scorer == "token" else holistic
+        first_new = state.n_response_tokens
         state.length += len(ids)
-        self.rule.update(state.rule_state, [score >= self.theta for score in scores])
+        flags = [score >= self.theta for score in scores]
+        rule_state = state.rule_state
+        policy = self._category_policy
+        annotations: list[CategoryAnnotation] = []
+        if policy is None or policy.stops_wherever_the_rule_fires:
+            self.rule.update(rule_state, flags)
+        else:
+            # Token by token, so that a firing the policy lets through can be recorded and the rule carry on.
+            for at, flag in enumerate(flags):
+                if self.rule.update(rule_state, [flag]) is None:
+                    continue
+                if not flag:
+                    # delay-k's count stays at k after a firing that did not stop: only flagged tokens are
+                    # re-evaluated, so an unflagged one is no firing.
+                    rule_state.stop_index = None
+                    continue
+                name = named_category(categories[at], self.category_labels)
+                score = scores[at] * categories[at][self.category_labels.index(name)]
+                decision = policy.decide(name, score)
+                if decision == BLOCK:
+                    break
+                annotations.append(CategoryAnnotation(index=rule_state.stop_index, token_id=ids[at],
+                                                      score=scores[at], count=rule_state.count, category=name,
+                                                      category_score=score, reason=decision))
+                rule_state.stop_index = None  # the rule carries on from its state
+        state.annotations.extend(annotations)
         stop = None
-        if state.rule_state.stop_index is not None:
-            first_new = state.n_response_tokens - len(ids)
-            at = state.rule_state.stop_index - first_new
-            stop = StopEvent(index=state.rule_state.stop_index, token_id=ids[at], score=scores[at],
-                             count=state.rule_state.count, rule=self.rule.name, theta=self.theta,
-                             scorer=self.scorer)
+        if rule_state.stop_index is not None:
+            at = rule_state.stop_index - first_new
+            name = named = None
+            if categories is not None:
+                named = _category_scores(scores[at], categories[at], self.category_labels)
+                name = named_category(categories[at], self.category_labels)
+            stop = StopEvent(index=rule_state.stop_index, token_id=ids[at], score=scores[at],
+                             count=rule_state.count, rule=self.rule.name, theta=self.theta,
+                             scorer=self.scorer, category=name, category_scores=named)
             state.stop = stop
         return PushResult(scores=scores, token_scores=token, holistic_scores=holistic,
-                          count=state.rule_state.count, seen=state.rule_state.seen, stop=stop)
+                          count=rule_state.count, seen=rule_state.seen, stop=stop, category_probs=categories,
+                          annotations=annotations)
 
     def _new_slab(self, n_rows: int, capacity: int) -> KVSlab:
         slab = KVSlab(self.n_layers, n_rows, capacity)
@@ -740,8 +859,10 @@ class StreamingMonitor:
                 self._tidy(source)
         return target
 
-    def _forward(self, slab: KVSlab, row_ids: list[list[int]]) -> tuple[list[list[float]], list[list[float]]]:
-        """Plan one batched step over all rows of ``slab`` (``[]`` for idle rows), run it, return per-row scores."""
+    def _forward(self, slab: KVSlab, row_ids: list[list[int]]) -> tuple[list[list[float]], list[list[float]],
+                                                                         list[list[list[float]]] | None]:
+        """Plan one batched step over all rows of ``slab`` (``[]`` for idle rows), run it, return per-row scores:
+        token, holistic, and (with a category head, else None) each token's category distribution."""
         lengths = [owner.length if owner is not None else 0 for owner in slab.owners]
         width = max(len(ids) for ids in row_ids)
         slab.ensure_capacity(max(length + len(ids) for length, ids in zip(lengths, row_ids)))
@@ -756,22 +877,20 @@ class StreamingMonitor:
             columns.append([length + t for t in range(n)] + [scratch] * (width - n))
         kv_length = max(length + len(ids) for length, ids in zip(lengths, row_ids) if ids)
         fast = self._fast_step
+        scored = None
         if fast is not None and fast.handles(width):
             scored = fast.run(slab, input_ids, positions, columns, kv_length)
-            if scored is not None:
-                token, holistic = scored[0].tolist(), scored[1].tolist()
-                return ([row[: len(ids)] for row, ids in zip(token, row_ids)],
-                        [row[: len(ids)] for row, ids in zip(holistic, row_ids)])
-        device = self.device
-        positions_t = torch.tensor(positions, device=device)
-        plan = StepPlan(write_columns=torch.tensor(columns, device=device), kv_length=kv_length)
-        mask = build_attention_mask(positions_t, kv_length, self.model.backbone.config._attn_implementation,
-                                    self.model.dtype)
-        token, holistic = self._run_step(SlabCache(slab), torch.tensor(input_ids, device=device), positions_t,
-                                         mask, plan)
-        token, holistic = token.cpu().tolist(), holistic.cpu().tolist()
+        if scored is None:
+            device = self.device
+            positions_t = torch.tensor(positions, device=device)
+            plan = StepPlan(write_columns=torch.tensor(columns, device=device), kv_length=kv_length)
+            mask = build_attention_mask(positions_t, kv_length, self.model.backbone.config._attn_implementation,
+                                        self.model.dtype)
+            scored = self._run_step(SlabCache(slab), torch.tensor(input_ids, device=device), positions_t, mask, plan)
+        token, holistic, categories = (None if t is None else t.cpu().tolist() for t in scored)
         return ([row[: len(ids)] for row, ids in zip(token, row_ids)],
-                [row[: len(ids)] for row, ids in zip(holistic, row_ids)])
+                [row[: len(ids)] for row, ids in zip(holistic, row_ids)],
+                None if categories is None else [row[: len(ids)] for row, ids in zip(categories, row_ids)])
 
     def _run_step(
         self,
@@ -780,8 +899,8 @@ class StreamingMonitor:
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         plan: StepPlan,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-step compute: one batched backbone forward of the new tokens over the slab, then both heads.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The per-step compute: one batched backbone forward of the new tokens over the slab, then the heads.
 
         This is the method a device-specific fast path (static buffers + CUDA graph) replaces.
 
@@ -792,7 +911,9 @@ class StreamingMonitor:
             plan: write columns and attended span of this step.
 
         Returns:
-            ``(token, holistic)`` harmful probabilities ``(rows, new)`` in fp32 (padding positions included).
+            ``(token, holistic, categories)``: harmful probabilities ``(rows, new)`` in fp32 (padding positions
+            included), and with a category head its distribution ``(rows, new, n_categories)`` in fp32 (one more
+            ``Linear(hidden, n_categories)`` and a softmax per token), else None.
         """
         cache.plan_step(plan)
         # The backbone is called directly rather than through SCMModel.forward: that forward also pools the holistic
@@ -802,4 +923,7 @@ class StreamingMonitor:
         hidden = out.last_hidden_state
         token_logits = self.model.token_scorer(hidden)
         holistic_logits = self.model.holistic_scorer(hidden)
-        return _harmful_probability(token_logits), _harmful_probability(holistic_logits)
+        categories = None
+        if self.category_labels is not None:
+            categories = torch.softmax(self.model.category_scorer(hidden).float(), dim=-1)
+        return _harmful_probability(token_logits), _harmful_probability(holistic_logits), categories

@@ -23,7 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from utils.evaluation.operating_point import (DELAY_K, OPERATING_POINT_FILE, SELECTION_ALIASES, calibration_command,
+from utils.evaluation.operating_point import (DELAY_K, DRIVERS, OPERATING_POINT_FILE, SELECTION_ALIASES,
+                                              calibration_command,
                                               read_operating_point, recorded_scorers, scorer_points)
 
 # --operating-point values: a rule recorded in operating_point.json, or the checkpoint config's training default.
@@ -50,7 +51,8 @@ class ServedOperatingPoint:
         origin: the file's ``source`` and ``written_at`` (data folder, driver, time), None without a file.
         description: one line for logs and CLIs (names the checkpoint as it was given).
         warning: set when the checkpoint has no ``operating_point.json`` and a training default is served.
-        public_description, public_warning: the same lines with the checkpoint named ``CKPT`` (for ``/health``).
+        public_description, public_warning: the same lines with the checkpoint named ``CKPT`` and the data folder
+            by its name only (for ``/health``, an open route).
     """
 
     theta: float
@@ -72,22 +74,31 @@ class ServedOperatingPoint:
         return FILE in self.sources.values()
 
     def public(self) -> dict[str, Any]:
-        """What ``/health`` reports: the point, each value's source, the file's rule, data folder (as recorded:
-        relative), driver and time, the validation numbers; no checkpoint path."""
+        """What ``/health`` (an open route) reports: the point, each value's source, the file's rule, the data
+        folder's name (``data``: its last component, never the path recorded), the driver when it is one of the
+        repository's own commands, the time and the validation numbers; no path of any kind."""
         origin = self.origin or {}
         body: dict[str, Any] = {
             "theta": self.theta, "k": self.k, "rule": self.rule, "scorer": self.scorer,
             "source": _overall_source(self.sources), "sources": dict(self.sources), "calibrated": self.calibrated,
             "selection": self.selection, "description": self.public_description}
         if self.calibrated:
-            body.update(selected_on=(self.entry or {}).get("selected_on"), data_dir=origin.get("data_dir"),
-                        chosen_by=origin.get("driver"), chosen_at=origin.get("written_at"),
+            driver = origin.get("driver")
+            body.update(selected_on=(self.entry or {}).get("selected_on"), data=folder_name(origin.get("data_dir")),
+                        chosen_by=driver if driver in DRIVERS.values() else None, chosen_at=origin.get("written_at"),
                         validation=(self.entry or {}).get("validation"))
             if "max_benign_stop_rate" in (self.entry or {}):
                 body["max_benign_stop_rate"] = self.entry["max_benign_stop_rate"]
         if self.public_warning:
             body["warning"] = self.public_warning
         return body
+
+
+def folder_name(path: Any) -> str | None:
+    """The last component of a recorded folder (``data/realmix2`` -> ``realmix2``); None stays None."""
+    if not isinstance(path, str) or not path.strip("/\\"):
+        return None
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 def _overall_source(sources: dict[str, str]) -> str:
@@ -233,7 +244,7 @@ def resolve_operating_point(
     theta_value = float(values["theta"])
     k_value = None if values["k"] is None else int(values["k"])
 
-    def line(label: str) -> tuple[str, str | None]:
+    def line(label: str, public: bool = False) -> tuple[str, str | None]:
         # Values from the main source (the file when it gave the point, else the training default) go untagged.
         main = FILE if FILE in sources.values() else CONFIG
         shown = {"theta": _number(theta_value), "k": k_value, "scorer": values["scorer"]}
@@ -250,7 +261,11 @@ def resolve_operating_point(
         if main == FILE:
             origin = content.get("source") or {}
             by = origin.get("driver") or origin.get("script") or "an evaluation"
-            text += (f" from {FILE} ({selection}, chosen on {entry.get('selected_on')} of {origin.get('data_dir')} "
+            data = origin.get("data_dir")
+            if public:  # an open route: no path, not even a relative one
+                data = folder_name(data)
+                by = by if by in DRIVERS.values() else "an evaluation"
+            text += (f" from {FILE} ({selection}, chosen on {entry.get('selected_on')} of {data} "
                      f"by `{by}` at {content.get('written_at')})")
         elif CONFIG in sources.values():
             text += (": the checkpoint's training default" if FLAG not in sources.values() else
@@ -267,7 +282,7 @@ def resolve_operating_point(
         return text, warning
 
     description, warning = line(model_path)
-    public_description, public_warning = line("CKPT")
+    public_description, public_warning = line("CKPT", public=True)
     origin = None
     if entry is not None:
         origin = {**(content.get("source") or {}), "written_at": content.get("written_at")}

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from serve.incremental_tokenizer import HELD_WORDS, IncrementalTokenizer, MonitoredToken, TokenizerStep
-from serve.monitor import PushResult, StopEvent, StreamingMonitor, StreamLengthError, StreamState
+from serve.monitor import CategoryAnnotation, PushResult, StopEvent, StreamingMonitor, StreamLengthError, StreamState
 from utils.text_encoding import check_unicode
 
 __all__ = ["STOP_NOTICE", "HELD_WORDS", "IncrementalTokenizer", "MonitoredToken", "GuardStop", "GuardUpdate",
@@ -98,6 +98,9 @@ class GuardUpdate:
         stop: set on the call in which the monitor stopped the stream.
         stopped: whether the stream is stopped (in this or an earlier call).
         finished: whether the stream is over (finished or stopped).
+        category_probs: with a category head, each monitored token's category distribution (as ``token_ids``);
+            None without a head or without new tokens.
+        annotations: firings of the rule in this call that the category policy let through.
     """
 
     released: str = ""
@@ -108,6 +111,8 @@ class GuardUpdate:
     stop: GuardStop | None = None
     stopped: bool = False
     finished: bool = False
+    category_probs: list[list[float]] | None = None
+    annotations: list[CategoryAnnotation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -293,6 +298,8 @@ class TextStreamGuard:
             update.token_ids = [t.token_id for t in tokens]
             update.token_texts = list(step.tokens.token_pieces)
             update.scores = list(result.scores) if result is not None else []
+            if result is not None:
+                update.category_probs, update.annotations = result.category_probs, list(result.annotations)
             self._decoder.setstate(step.decoder_state)
             retokenizer = self.retokenizer
             scored_from = retokenizer.committed_chars

@@ -8,7 +8,10 @@ incremental monitor step per generated token, the generation stops at the monito
 generated text is re-tokenised by the text guard (``serve/text_guard.py``) and the generation is halted when the
 guard stops. File mode (``--input FILE.jsonl``, one ``{"prompt": ..., "response": ...}`` per line) streams each
 response through the text guard in chunks. Either way the report says where and why the stream stopped: response
-token index, token, score, running count and the rule.
+token index, token, score, running count and the rule, and, for a checkpoint with a category head, the category
+named at the stop token with its category score (``--block-categories``, ``--annotate-categories`` and
+``--category-thresholds`` choose which categories stop the stream; firings the policy lets through are listed as
+annotations; ``serve/category_policy.py``).
 
 The operating point is the one the checkpoint's evaluation recorded in its ``operating_point.json`` (``bash
 scripts/run-scm.sh test ...`` writes it), unless ``--theta``/``--k``/``--scorer`` or ``--operating-point`` say
@@ -23,6 +26,8 @@ Commands::
     python -m test.stream_monitor --model-path CKPT --prompt "..." --generator /path/to/other-causal-lm
     python -m test.stream_monitor --model-path CKPT --input pairs.jsonl --rule consecutive-n --k 2 \
         --output-file runs/stream/pairs-results.json
+    python -m test.stream_monitor --model-path CKPT_WITH_CATEGORY_HEAD --prompt "..." \
+        --block-categories illicit,illicit/violent,self-harm --category-thresholds illicit=0.6
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList,
                           TextIteratorStreamer)
 
+from serve.category_policy import CategoryArguments, policy_from_args
 from serve.monitor import PushResult, StreamingMonitor, StreamLengthError, resolve_dtype
 from serve.generate import MonitorStoppingCriteria
 from utils.cli import require_at_least, run_entry_point
-from utils.io_utils import DataFormatError, read_jsonl, write_json
+from utils.io_utils import DataFormatError, read_json, read_jsonl, write_json
 from serve.text_guard import STOP_NOTICE, TextStreamGuard
 from serve.operating_point_args import OperatingPointArguments
 
@@ -49,7 +55,7 @@ SCRIPT = "python -m test.stream_monitor"
 
 
 @dataclass
-class StreamMonitorArguments(OperatingPointArguments):
+class StreamMonitorArguments(OperatingPointArguments, CategoryArguments):
     """Flags of ``python -m test.stream_monitor``."""
 
     model_path: str | None = field(default=None, metadata={
@@ -179,7 +185,15 @@ def _stop_record(stop, token_text: str, char_start: int | None = None) -> dict[s
               "count": stop.count, "rule": stop.rule, "theta": stop.theta, "scorer": stop.scorer}
     if char_start is not None:
         record["char_start"] = char_start
+    if stop.category is not None:  # a checkpoint with a category head
+        record.update(category=stop.category, category_score=stop.category_scores[stop.category],
+                      category_scores=stop.category_scores)
     return record
+
+
+def _annotations(state) -> list[dict[str, Any]]:
+    """The firings of the rule the category policy let through (empty without a category head)."""
+    return [annotation.public() for annotation in state.annotations]
 
 
 def _max_score(results: list[PushResult]) -> float | None:
@@ -218,7 +232,8 @@ def generate_with_criteria(monitor, generator, tokenizer, args, out: TextIO) -> 
             "generated_tokens": len(generated), "response_tokens_scored": state.n_response_tokens,
             "stopped": stop is not None, "ended_by": ended_by,
             "stop": _stop_record(stop, tokenizer.decode([stop.token_id])) if stop else None,
-            "max_score": _max_score(criteria.results[0]), "count": state.rule_state.count}
+            "max_score": _max_score(criteria.results[0]), "count": state.rule_state.count,
+            "annotations": _annotations(state)}
 
 
 class _HaltFlag(StoppingCriteria):
@@ -295,7 +310,8 @@ def generate_with_guard(monitor, generator, tokenizer, args, out: TextIO) -> dic
             "generated_tokens": len(generated), "response_tokens_scored": guard.state.n_response_tokens,
             "stopped": stop is not None, "ended_by": ended_by,
             "stop": _stop_record(stop.event, stop.token_text, stop.char_start) if stop else None,
-            "max_score": max(scores) if scores else None, "count": guard.state.rule_state.count}
+            "max_score": max(scores) if scores else None, "count": guard.state.rule_state.count,
+            "annotations": _annotations(guard.state)}
 
 
 def _start_prompt(monitor: StreamingMonitor, prompt: str, guard: bool = False, hold_back: bool = True):
@@ -384,7 +400,8 @@ def monitor_pairs(monitor, args, out: TextIO) -> list[dict[str, Any]]:
                         "shown_text": guard.released_text, "response_tokens_scored": guard.state.n_response_tokens,
                         "stopped": stop is not None, "ended_by": "monitor" if stop else "end of response",
                         "stop": _stop_record(stop.event, stop.token_text, stop.char_start) if stop else None,
-                        "max_score": max(scores) if scores else None, "count": guard.state.rule_state.count})
+                        "max_score": max(scores) if scores else None, "count": guard.state.rule_state.count,
+                        "annotations": _annotations(guard.state)})
     return results
 
 
@@ -394,21 +411,37 @@ def _failed_record(number: int, record: dict[str, str], error: str, guard: TextS
             "shown_text": guard.released_text if guard else "",
             "response_tokens_scored": guard.state.n_response_tokens if guard else 0,
             "stopped": False, "ended_by": "error", "error": error, "stop": None, "max_score": None,
-            "count": guard.state.rule_state.count if guard else 0}
+            "count": guard.state.rule_state.count if guard else 0, "annotations": _annotations(guard.state) if guard
+            else []}
 
 
 def describe_result(result: dict[str, Any], monitor: StreamingMonitor) -> str:
-    """The one-line report of a stream: where and why it stopped, or why it ended."""
+    """The report of a stream: where and why it stopped (and the category named there, with a category head), or
+    why it ended; then one line per category the policy annotated instead of stopping."""
     stop = result["stop"]
     if result.get("error"):
         return f"NOT MONITORED TO THE END: {result['error']}"
     if stop is not None:
-        return (f"STOPPED at response token {stop['index']} ({stop['token_text']!r}, id {stop['token_id']}): "
+        line = (f"STOPPED at response token {stop['index']} ({stop['token_text']!r}, id {stop['token_id']}): "
                 f"{stop['scorer']} score {stop['score']:.4f} >= theta {stop['theta']}; {stop['rule']} count "
                 f"reached {stop['count']}")
-    peak = "n/a" if result["max_score"] is None else f"{result['max_score']:.4f}"
-    return (f"not stopped ({result['ended_by']}): {result['response_tokens_scored']} response tokens scored, "
-            f"max {monitor.scorer} score {peak}, {monitor.rule.name} count {result['count']} (theta {monitor.theta})")
+        if stop.get("category") is not None:
+            line += f"; category {stop['category']} (category score {stop['category_score']:.4f})"
+    else:
+        peak = "n/a" if result["max_score"] is None else f"{result['max_score']:.4f}"
+        line = (f"not stopped ({result['ended_by']}): {result['response_tokens_scored']} response tokens scored, "
+                f"max {monitor.scorer} score {peak}, {monitor.rule.name} count {result['count']} "
+                f"(theta {monitor.theta})")
+    annotations = result.get("annotations") or []
+    if annotations:
+        counts: dict[str, int] = {}
+        for annotation in annotations:
+            counts[annotation["category"]] = counts.get(annotation["category"], 0) + 1
+        first = annotations[0]
+        line += (f"\n  annotated, not stopped: {', '.join(f'{name} x{n}' for name, n in counts.items())} (first at "
+                 f"response token {first['response_token_index']}: {first['category']}, {first['reason']}, category "
+                 f"score {first['category_score']:.4f})")
+    return line
 
 
 def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, Any]:
@@ -418,6 +451,9 @@ def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, An
         ValueError: bad flags. FileNotFoundError: a missing checkpoint. DataFormatError: a bad --input file.
     """
     check_args(args)
+    config_file = Path(args.model_path) / "config.json"
+    if config_file.is_file():  # the category flags against the checkpoint's head, before its weights are loaded
+        policy_from_args(args, (read_json(config_file) or {}).get("category_labels"))
     device = _device(args.device)
     # Flags > the checkpoint's operating_point.json > its training default (serve/operating_point.py).
     monitor = StreamingMonitor.from_pretrained(args.model_path, theta=args.theta, k=args.k, rule=args.rule,
@@ -426,6 +462,7 @@ def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, An
                                                max_benign_stop_rate=args.max_benign_stop_rate)
     if monitor.tokenizer is None:
         raise ValueError(f"{args.model_path} holds no tokenizer files; save the tokenizer into the checkpoint")
+    monitor.category_policy = policy_from_args(args, monitor.category_labels)
     served = monitor.operating_point
     report: dict[str, Any] = {"model_path": args.model_path, "operating_point": monitor.describe(),
                               "operating_point_source": served.public(), "arguments": asdict(args)}
@@ -433,6 +470,12 @@ def main(args: StreamMonitorArguments, out: TextIO = sys.stdout) -> dict[str, An
         print(f"warning: {served.warning}", file=sys.stderr)
     if not args.quiet:
         out.write(f"[operating point] {served.description}\n")
+        if monitor.category_policy is not None:
+            policy = monitor.category_policy.public()
+            thresholds = ", ".join(f"{name} >= {value:g}" for name, value in policy["thresholds"].items())
+            out.write(f"[categories] stop on: {', '.join(policy['block']) or 'none'}; annotate only: "
+                      f"{', '.join(policy['annotate']) or 'none'}" + (f"; thresholds: {thresholds}" if thresholds
+                                                                       else "") + "\n")
     if args.input is not None:
         results = monitor_pairs(monitor, args, out)
     else:

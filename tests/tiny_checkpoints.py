@@ -7,7 +7,9 @@ text the tokenizer produces is a valid input; the scores are random but determin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -31,6 +33,9 @@ def build_tiny_scm(
     delay_k: int = 1,
     scorer: str = "token",
     max_position_embeddings: int = 2048,
+    category_labels: Sequence[str] | None = None,
+    category_bias: Mapping[str, float] | None = None,
+    category_steer: tuple[str, str, float] | None = None,
 ) -> Path:
     """Save a tiny random SCM checkpoint (with ``tokenizer_path``'s tokenizer) into ``folder``.
 
@@ -40,6 +45,10 @@ def build_tiny_scm(
         seed: torch seed for the random weights.
         theta, delay_k, scorer: the checkpoint's default operating point.
         max_position_embeddings: the backbone's maximum length.
+        category_labels: give the model a category head over these categories (None: the paper's model).
+        category_bias: hand-set the head: zero weights and these biases (missing names 0), so that every token gets
+            the same distribution, ``softmax(bias)`` (e.g. ``{"illicit": 8.0}`` names illicit everywhere).
+        category_steer: ``(high, low, boundary)``: :func:`steer_categories` (the category follows the token score).
 
     Returns:
         The folder.
@@ -48,10 +57,48 @@ def build_tiny_scm(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     torch.manual_seed(seed)
     config = SCMConfig(backbone_config=tiny_llama_config(tokenizer, max_position_embeddings).to_dict(),
-                       theta=theta, delay_k=delay_k, scorer=scorer)
-    SCMModel(config).save_pretrained(folder)
+                       theta=theta, delay_k=delay_k, scorer=scorer,
+                       category_labels=list(category_labels) if category_labels else None)
+    model = SCMModel(config)
+    if category_bias is not None:
+        set_category_bias(model, category_bias)
+    if category_steer is not None:
+        steer_categories(model, *category_steer)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@torch.no_grad()
+def set_category_bias(model: SCMModel, bias: Mapping[str, float]) -> SCMModel:
+    """Zero the category head's weights and set its biases (missing names 0): every token's category distribution
+    is then ``softmax(bias)`` in label order, whatever the text."""
+    head = model.category_scorer
+    head.weight.zero_()
+    head.bias.copy_(torch.tensor([float(bias.get(name, 0.0)) for name in model.config.category_labels]))
+    return model
+
+
+@torch.no_grad()
+def steer_categories(model: SCMModel, high: str, low: str, boundary: float, sharpness: float = 20.0) -> SCMModel:
+    """Make the category follow the token head: tokens whose token score is above ``boundary`` are named ``high``,
+    those below ``low`` (other categories get a bias of -50 and never win).
+
+    The token head's harmful-minus-benign logit is ``d.h + e``; the head gets ``+-sharpness * (d.h + e -
+    logit(boundary))`` for the two categories, so their logits differ by ``2 * sharpness * (logit(score) -
+    logit(boundary))``.
+    """
+    linear = model.token_scorer[1]
+    direction = linear.weight[1] - linear.weight[0]
+    offset = float(linear.bias[1] - linear.bias[0]) - math.log(boundary / (1 - boundary))
+    head = model.category_scorer
+    head.weight.zero_()
+    head.bias.fill_(-50.0)
+    labels = model.config.category_labels
+    for name, sign in ((high, 1.0), (low, -1.0)):
+        head.weight[labels.index(name)] = sign * sharpness * direction
+        head.bias[labels.index(name)] = sign * sharpness * offset
+    return model
 
 
 def build_tiny_generator(folder: str | Path, tokenizer_path: str | Path, seed: int = 0, varied: bool = False) -> Path:

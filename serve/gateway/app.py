@@ -12,10 +12,12 @@ stream slot is taken (429 when none is free); the response source is opened (pro
 error status is answered with a message of the gateway's; local: a generation thread); a pump task moves the
 source's pieces into the scheduler while the response reads the scheduler's events and sends only released, scored
 text. On a stop the source is cancelled at once and the final chunk says ``finish_reason: "content_filter"`` with
-the ``moderation`` object; on a source failure the client gets an error event and nothing that was not scored; a
-stream without scored progress for ``stream_idle_timeout`` seconds, or longer than ``max_stream_seconds`` in all,
-ends with an error event (keepalives do not hold a slot forever); whatever way the request ends (client gone, error,
-shutdown), :meth:`Session.close` cancels the source and frees the stream.
+the ``moderation`` object (with a category head: the category named at the stop, OpenAI's category keys, and the
+firings the category policy let through; ``serve/category_policy.py``); on a source failure the client gets an
+error event and nothing that was not scored; a stream without scored progress for ``stream_idle_timeout`` seconds,
+or longer than ``max_stream_seconds`` in all, ends with an error event (keepalives do not hold a slot forever);
+whatever way the request ends (client gone, error, shutdown), :meth:`Session.close` cancels the source and frees
+the stream.
 
 Nothing the upstream or the monitor's internals wrote reaches a client outside ``content``: error messages are the
 gateway's own (details go to the log, where URLs are shown without credentials, path or query), ``/health`` shows
@@ -40,6 +42,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve.category_policy import (ANNOTATION_FORMATS, HARMFUL, azure_filter_results, category_scores,
+                                   wire_categories, wire_keys)
 from serve.gateway.metrics import GatewayMetrics
 from serve.gateway.protocol import (ChatCompletionRequest, CompletionRequest, GatewayError, ModerationRequest,
                                     ResponseWriter, chat_prompt_text, error_body, new_id, parse_body, sse,
@@ -57,6 +61,9 @@ DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # HTTP status of each error type of a stream's error event (for a non-streaming request).
 ERROR_STATUS = {"upstream_timeout": 504, "stream_timeout": 504, "server_shutdown": 503, "monitor_error": 500,
                 "server_error": 500, "upstream_error": 502}
+# Annotations listed in a final `moderation` object at most (all are counted in `annotation_counts` and /metrics): a
+# long response may re-fire the rule at every later flagged token.
+MAX_LISTED_ANNOTATIONS = 32
 
 
 def _rule_parameter(monitor: StreamingMonitor) -> int | None:
@@ -81,6 +88,8 @@ class Gateway:
         max_request_bytes: largest request body (413 beyond).
         stream_idle_timeout: seconds a stream may go without scored progress before it ends with an error.
         max_stream_seconds: seconds a stream may last in all.
+        annotations: ``none`` or ``azure`` (Azure-style ``content_filter_results`` and ``content_filter_offsets``
+            on each choice of a streamed chunk, and ``content_filter_results`` on a whole response's choice).
     """
 
     def __init__(self, monitor: StreamingMonitor, *, upstream: Upstream | None = None,
@@ -88,9 +97,13 @@ class Gateway:
                  chat_prompt: str = "last-user", max_tokens: int = 256, api_key: str | None = None,
                  retry_after: int = 1, scheduler_options: dict[str, Any] | None = None,
                  info: dict[str, Any] | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 stream_idle_timeout: float = 60.0, max_stream_seconds: float = 600.0) -> None:
+                 stream_idle_timeout: float = 60.0, max_stream_seconds: float = 600.0,
+                 annotations: str = "none") -> None:
         if (upstream is None) == (generator is None):
             raise ValueError("a gateway needs exactly one response source: an upstream or a local generator")
+        if annotations not in ANNOTATION_FORMATS:
+            raise ValueError(f"annotations must be one of {', '.join(ANNOTATION_FORMATS)}, got {annotations!r}")
+        self.annotations = annotations
         if monitor.tokenizer is None:
             raise ValueError("the monitor has no tokenizer (its checkpoint folder holds none); the gateway needs it")
         self.monitor, self.upstream, self.generator = monitor, upstream, generator
@@ -178,8 +191,16 @@ class Gateway:
             budget = min(budget or self.max_tokens, room)
         return Prepared(req, payload, prompt_ids, budget, prompt_tokens, input_ids)
 
-    def moderation(self, stream: MonitoredStream, event: StreamEvent | None) -> dict[str, Any]:
-        """The ``moderation`` object of a final chunk or response."""
+    def moderation(self, stream: MonitoredStream, event: StreamEvent | None,
+                   annotations: "AnnotationLog | None" = None) -> dict[str, Any]:
+        """The ``moderation`` object of a final chunk or response.
+
+        With a category head it also carries ``category`` (named at the stop token, else None), ``categories``,
+        ``category_scores`` and ``category_applied_input_types`` (OpenAI's keys; at the stop token, else at the
+        token with the highest harmful score), ``annotations`` (the first :data:`MAX_LISTED_ANNOTATIONS` firings the
+        category policy let through) and ``annotation_counts`` (all of them, by category). Without a head the
+        object is exactly what it was before the head existed.
+        """
         monitor = self.monitor
         body: dict[str, Any] = {"flagged": False, "stopped": False, "rule": monitor.rule.name,
                                 "theta": monitor.theta, "k": _rule_parameter(monitor), "scorer": monitor.scorer,
@@ -198,13 +219,57 @@ class Gateway:
         # both keeps strict clients that validate it working. Only the output is moderated here.
         score = body.get("score", stream.max_score) or 0.0
         model = f"scm:{self.monitor_name}"
+        labels = monitor.category_labels
+        stop = event.stop.event if event is not None and event.stop is not None else None
+        scores, named = self.reported_categories(stream, stop)
+        wire = wire_categories(labels, scores, named, body["flagged"], score)
+        if labels is not None:
+            log = annotations or AnnotationLog()
+            body.update(category=named, **wire, annotations=log.listed(), annotation_counts=dict(log.counts))
         body["input"] = {"type": "error", "code": "not_moderated",
                          "message": "the gateway monitors the response, not the request"}
         body["output"] = {"type": "moderation_results", "model": model, "results": [{
-            "type": "moderation_result", "model": model, "flagged": body["flagged"],
-            "categories": {"harmful": body["flagged"]}, "category_scores": {"harmful": score},
-            "category_applied_input_types": {"harmful": ["text"]}}]}
+            "type": "moderation_result", "model": model, "flagged": body["flagged"], **wire}]}
         return body
+
+    def reported_categories(self, stream: MonitoredStream, stop: Any) -> tuple[dict[str, float] | None, str | None]:
+        """A stream's category scores and named category: at the stop token (named), else at its highest-scoring
+        token (none named: nothing was flagged); ``(None, None)`` without a category head or a scored token."""
+        labels = self.monitor.category_labels
+        if labels is None:
+            return None, None
+        if stop is not None and stop.category_scores is not None:
+            return stop.category_scores, stop.category
+        if stream.peak_category_probs is not None and stream.max_score is not None:
+            return category_scores(stream.max_score, stream.peak_category_probs, labels), None
+        return None, None
+
+    def azure_keys(self) -> list[str]:
+        """The keys of ``content_filter_results``: the wire's categories, or ``harmful`` without a head."""
+        labels = self.monitor.category_labels
+        return wire_keys(labels) if labels is not None else [HARMFUL]
+
+    def azure_chunk_results(self, tokens: list[dict[str, Any]], probs: list[list[float]] | None) -> dict[str, Any]:
+        """``content_filter_results`` of released tokens: each key's severity from its highest category score over
+        them (``harmful``: the harmful score, without a head); nothing released was filtered."""
+        labels = self.monitor.category_labels
+        peaks: dict[str, float] = {}
+        if labels is None:
+            peaks[HARMFUL] = max((t["score"] for t in tokens), default=0.0)
+        elif probs is not None:
+            for token, distribution in zip(tokens, probs):
+                for label, p in zip(labels, distribution):
+                    peaks[label] = max(peaks.get(label, 0.0), token["score"] * p)
+        return azure_filter_results(self.azure_keys(), peaks, None)
+
+    def azure_final_results(self, stream: MonitoredStream, stop: Any) -> dict[str, Any]:
+        """``content_filter_results`` of a final chunk: at the stop token (its category ``filtered``), else at the
+        highest-scoring token (nothing filtered)."""
+        if self.monitor.category_labels is None:
+            score = stop.score if stop is not None else (stream.max_score or 0.0)
+            return azure_filter_results([HARMFUL], {HARMFUL: score}, HARMFUL if stop is not None else None)
+        scores, named = self.reported_categories(stream, stop)
+        return azure_filter_results(self.azure_keys(), scores or {}, named)
 
     @property
     def healthy(self) -> bool:
@@ -214,12 +279,15 @@ class Gateway:
     def describe(self) -> dict[str, Any]:
         """What ``/health`` reports (an open route: no secret, no path; see ``info``)."""
         status = "unhealthy" if not self.healthy else "draining" if self.draining else "ok"
+        monitor = self.monitor
+        settings = {**monitor_settings(monitor), "device": str(monitor.device)}
+        if monitor.category_labels is not None:  # the head's categories and the policy over them
+            settings["categories"] = {"labels": list(monitor.category_labels), **monitor.category_policy.public()}
         return {"status": status, "mode": self.mode, "model": self.model_name,
                 "live_streams": self.scheduler.live_streams, "max_streams": self.scheduler.max_streams,
                 "hold_back": self.scheduler.hold_back, "on_monitor_error": self.scheduler.on_error,
-                "chat_prompt": self.chat_prompt,
-                "monitor": {**monitor_settings(self.monitor), "device": str(self.monitor.device)},
-                "operating_point": served_point(self.monitor),
+                "chat_prompt": self.chat_prompt, "monitor": settings, "annotations": self.annotations,
+                "operating_point": served_point(monitor),
                 "monitors_ids_directly": self.ids_path, **self.info}
 
 
@@ -232,6 +300,24 @@ def _public(value: Any) -> Any:
     if "/" in value or "\\" in value:
         return re.split(r"[\\/]", value.rstrip("/\\"))[-1] or "?"
     return value
+
+
+class AnnotationLog:
+    """The firings a stream's category policy let through: the first :data:`MAX_LISTED_ANNOTATIONS` of them, and a
+    count of all by category."""
+
+    def __init__(self) -> None:
+        self.kept: list[Any] = []
+        self.counts: dict[str, int] = {}
+
+    def add(self, annotations: list[Any]) -> None:
+        for annotation in annotations:
+            if len(self.kept) < MAX_LISTED_ANNOTATIONS:
+                self.kept.append(annotation)
+            self.counts[annotation.category] = self.counts.get(annotation.category, 0) + 1
+
+    def listed(self) -> list[dict[str, Any]]:
+        return [annotation.public() for annotation in self.kept]
 
 
 @dataclass
@@ -265,6 +351,9 @@ class Session:
         self.completion_tokens = 0
         self.error_type: str | None = None
         self.include_usage = False
+        self.annotations = AnnotationLog()
+        # Characters of the response released, and covered by scored tokens, so far (Azure's offsets).
+        self.offset = self.checked = 0
         self._closed = False
         self._pump = asyncio.create_task(self._run_pump())
         gateway.sessions.add(self)
@@ -322,9 +411,14 @@ class Session:
         self.error_type = self.error_type or "stream_timeout"
         return StreamEvent(error=message)
 
+    def _note_annotations(self, annotations: list[Any]) -> None:
+        self.annotations.add(annotations)
+        for annotation in annotations:
+            self.gateway.metrics.category_annotations.labels(annotation.category, annotation.reason).inc()
+
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
-        """``("content", text, tokens)`` for released text, then one ``("final", finish_reason, moderation)`` or
-        ``("error", GatewayError)``."""
+        """``("content", text, tokens, event)`` for released text, then one ``("final", finish_reason, moderation,
+        event)`` or ``("error", GatewayError)``."""
         stream = self.stream
         last_progress = time.monotonic()
         while True:
@@ -346,33 +440,37 @@ class Session:
                 self.gateway.metrics.monitor_errors.inc()
                 log.warning(json.dumps({"event": "monitor_error_fail_open", "stream": stream.id,
                                         "error": event.error}))
+            if event.annotations:
+                self._note_annotations(event.annotations)
             if event.released or event.tokens:
                 self.completion_tokens += len(event.tokens)
-                yield "content", event.released, event.tokens
+                yield "content", event.released, event.tokens, event
             if event.stop is not None:
                 self.stop_event = event
                 await self._cancel_source()
                 self.outcome = "stopped"
-                moderation = self.gateway.moderation(stream, event)
+                moderation = self.gateway.moderation(stream, event, self.annotations)
                 self.gateway.metrics.stops.inc()
+                if event.stop.event.category is not None:
+                    self.gateway.metrics.category_stops.labels(event.stop.event.category).inc()
                 self.gateway.metrics.chars_withheld.inc(moderation["chars_withheld"])
                 generated = getattr(self.source, "generated", None)
                 if self.budget is not None and generated is not None:
                     self.gateway.metrics.tokens_saved.inc(max(0, self.budget - generated))
-                yield "final", "content_filter", moderation
+                yield "final", "content_filter", moderation, event
                 return
             if event.truncated:
                 # The monitor read all it can: the rest of the response is withheld and its source cancelled.
                 await self._cancel_source()
                 self.outcome = "truncated"
                 self.gateway.metrics.truncated.inc()
-                yield "final", "length", self.gateway.moderation(stream, event)
+                yield "final", "length", self.gateway.moderation(stream, event, self.annotations), event
                 return
             if event.finished:
                 self.outcome = "finished"
                 await self._pump
                 finish = getattr(self.source, "finish_reason", None) or "stop"
-                yield "final", finish, self.gateway.moderation(stream, None)
+                yield "final", finish, self.gateway.moderation(stream, None, self.annotations), None
                 return
 
     def usage(self) -> dict[str, int] | None:
@@ -415,6 +513,10 @@ class Session:
         if self.stop_event is not None:
             stop = self.stop_event.stop.event
             record.update(stop_index=stop.index, stop_score=round(stop.score, 4), rule=stop.rule)
+            if stop.category is not None:
+                record["stop_category"] = stop.category
+        if self.annotations.counts:
+            record["annotations"] = dict(self.annotations.counts)
         log.info(json.dumps(record))
 
     async def sse(self) -> AsyncIterator[bytes]:
@@ -423,15 +525,38 @@ class Session:
             yield sse(self.writer.role_chunk())
         async for item in self.events():
             if item[0] == "content":
-                yield sse(self.writer.content_chunk(item[1], item[2]))
+                azure = self._azure_content(item[1], item[2], item[3])
+                yield sse(self.writer.content_chunk(item[1], item[2], azure))
             elif item[0] == "final":
-                yield sse(self.writer.final_chunk(item[1], item[2]))
+                yield sse(self.writer.final_chunk(item[1], item[2], self._azure_final(item[3])))
                 if self.include_usage:
                     yield sse(self.writer.usage_chunk(self.usage()))
                 yield sse("[DONE]")
             else:
                 yield sse(item[1].body())
         await self.close()
+
+    def _azure_content(self, text: str, tokens: list[dict[str, Any]], event: StreamEvent) -> dict[str, Any] | None:
+        """Azure's ``content_filter_results`` and ``content_filter_offsets`` of a content chunk (``--annotations
+        azure``), else None. Offsets are characters of the released text: the chunk's start and end, and how far
+        scored tokens cover the response (the end, in hold-back mode)."""
+        start = self.offset
+        self.offset += len(text)
+        self.checked += sum(len(token["text"]) for token in tokens)
+        if self.gateway.annotations != "azure":
+            return None
+        return {"content_filter_results": self.gateway.azure_chunk_results(tokens, event.category_probs),
+                "content_filter_offsets": {"start_offset": start, "end_offset": self.offset,
+                                           "check_offset": self.checked}}
+
+    def _azure_final(self, event: StreamEvent | None) -> dict[str, Any] | None:
+        """Azure's fields of the final chunk: at the stop (its category ``filtered``) or the highest score."""
+        if self.gateway.annotations != "azure":
+            return None
+        stop = event.stop.event if event is not None and event.stop is not None else None
+        return {"content_filter_results": self.gateway.azure_final_results(self.stream, stop),
+                "content_filter_offsets": {"start_offset": self.offset, "end_offset": self.offset,
+                                           "check_offset": self.checked}}
 
     async def collect(self) -> dict[str, Any]:
         """The non-streaming response body.
@@ -445,7 +570,9 @@ class Session:
                 parts.append(item[1])
             elif item[0] == "final":
                 await self.close()
-                return self.writer.response("".join(parts), item[1], item[2], self.usage())
+                azure = self._azure_final(item[3])
+                return self.writer.response("".join(parts), item[1], item[2], self.usage(),
+                                            azure and {"content_filter_results": azure["content_filter_results"]})
             else:
                 await self.close()
                 raise item[1]
@@ -629,6 +756,8 @@ async def _moderate(gateway: Gateway, request: Request) -> dict[str, Any]:
     except SchedulerUnavailable:
         raise _unavailable() from None
 
+    labels = gateway.monitor.category_labels
+
     def describe() -> list[dict[str, Any]]:
         out = []
         for text, ids, result in zip(texts, id_lists, results):
@@ -643,6 +772,19 @@ async def _moderate(gateway: Gateway, request: Request) -> dict[str, Any]:
                 item["scm"].update(response_token_index=result.stop.index, score=result.stop.score,
                                    count=result.stop.count, token=tokenizer.decode([result.stop.token_id]),
                                    char_start=len(start))
+            if labels is not None:
+                # OpenAI's keys beside `harmful`: at the stop token when the rule stops the text, else at the token
+                # with the highest harmful score (the first of equals); True only for the category named at a stop.
+                scores, named, position = None, None, None
+                if result.stop is not None:
+                    scores, named, position = result.stop.category_scores, result.stop.category, result.stop.index
+                elif result.scores:
+                    position = max(range(len(result.scores)), key=result.scores.__getitem__)
+                    scores = category_scores(result.scores[position], result.category_probs[position], labels)
+                scm = item.pop("scm")
+                item.update(wire_categories(labels, scores, named, result.stop is not None, peak), scm=scm)
+                scm.update(category=named, category_token_index=position,
+                           annotations=[annotation.public() for annotation in result.annotations])
             if req.return_token_scores:
                 item["scm"]["tokens"] = [{"text": t, "score": s}
                                          for t, s in zip(span_texts(tokenizer, text, ids), result.scores)]

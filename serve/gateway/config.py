@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from serve.category_policy import ANNOTATION_FORMATS, CategoryArguments
 from serve.operating_point_args import OperatingPointArguments
 
 DEFAULT_MODEL_PATH = "runs/scm-default"
@@ -12,7 +13,7 @@ MONITOR_ERROR_POLICIES = ("close", "open")
 
 
 @dataclass
-class GatewayArguments(OperatingPointArguments):
+class GatewayArguments(OperatingPointArguments, CategoryArguments):
     """Flags of ``python -m serve.gateway`` (``bash scripts/run-serve.sh``)."""
 
     model_path: str = field(default=DEFAULT_MODEL_PATH, metadata={
@@ -76,6 +77,11 @@ class GatewayArguments(OperatingPointArguments):
         "help": "Model name reported in responses and /v1/models (default: the generator's or upstream's)."})
     stats_file: str | None = field(default=None, metadata={
         "help": "At shutdown, write every monitor step's timing and batch size as JSON here (for benchmarks)."})
+    annotations: str = field(default="none", metadata={
+        "help": "azure: add Azure-style content_filter_results (per category {filtered, severity}) and "
+                "content_filter_offsets to each choice of a streamed chunk (content_filter_results to a whole "
+                "response's choice), for clients built for that shape (docs/SERVING.md, section 10). Default: none.",
+        "choices": list(ANNOTATION_FORMATS)})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error."})
 
 
@@ -109,5 +115,7 @@ def check_args(args: GatewayArguments) -> None:
         raise ValueError(f"--chat-prompt must be one of {CHAT_PROMPTS}, got {args.chat_prompt!r}")
     if args.on_monitor_error not in MONITOR_ERROR_POLICIES:
         raise ValueError(f"--on-monitor-error must be one of {MONITOR_ERROR_POLICIES}, got {args.on_monitor_error!r}")
+    if args.annotations not in ANNOTATION_FORMATS:
+        raise ValueError(f"--annotations must be one of {', '.join(ANNOTATION_FORMATS)}, got {args.annotations!r}")
     if args.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ValueError(f"--log-level must be debug, info, warning or error, got {args.log_level!r}")

@@ -23,7 +23,10 @@ class GatewayMetrics:
     ``--max-stream-seconds``)); ``truncated_total`` (responses cut at the monitor's maximum length);
     ``monitor_worker_up`` (1 while the monitor's worker thread runs);
     ``monitor_step_seconds``, ``monitor_batch_streams``, ``monitor_batch_tokens`` (per batched step);
-    ``monitor_added_latency_seconds`` (an input's wait for its step plus the step).
+    ``monitor_added_latency_seconds`` (an input's wait for its step plus the step). With a category head:
+    ``category_stops_total{category}`` (stops by the category named at the stop token) and
+    ``category_annotations_total{category,reason}`` (firings of the rule the category policy let through:
+    ``annotated`` categories, or blocked ones ``below_threshold``).
     """
 
     def __init__(self) -> None:
@@ -45,6 +48,13 @@ class GatewayMetrics:
         self.stream_failures = Counter("scm_stream_failures_total",
                                        "Streams ended by a failure the gateway survived, by cause.", ["cause"],
                                        registry=r)
+        self.category_stops = Counter("scm_category_stops_total",
+                                      "Streams the monitor stopped, by the category named at the stop token.",
+                                      ["category"], registry=r)
+        self.category_annotations = Counter(
+            "scm_category_annotations_total",
+            "Firings of the decision rule that did not stop the stream because of the category named there, by "
+            "category and reason (annotated, below_threshold).", ["category", "reason"], registry=r)
         self.truncated = Counter("scm_truncated_total", "Responses cut at the monitor's maximum length.", registry=r)
         self.worker_up = Gauge("scm_monitor_worker_up", "1 while the monitor's worker thread runs, else 0.",
                                registry=r)

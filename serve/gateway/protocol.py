@@ -9,7 +9,11 @@ Extensions (ignored by OpenAI clients, which allow extra fields):
 - every content chunk carries ``scm: {"tokens": [{"text", "score"}, ...]}``, the monitored tokens behind the
   released text with their harmful scores (the chat page colours text with them);
 - the final chunk (and a non-streaming response) carries ``moderation``: whether the monitor stopped the stream,
-  where (response token index, token, score), why (rule, theta, k, count) and how much was withheld.
+  where (response token index, token, score), why (rule, theta, k, count) and how much was withheld; with a
+  category head also the category named at the stop and OpenAI's ``categories``/``category_scores``/
+  ``category_applied_input_types`` (``serve/category_policy.py``);
+- with ``--annotations azure``, each choice also carries Azure's ``content_filter_results`` (and, in a streamed
+  chunk, ``content_filter_offsets``).
 """
 
 from __future__ import annotations
@@ -311,21 +315,24 @@ class ResponseWriter:
         return self._envelope([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                 "finish_reason": None}])
 
-    def content_chunk(self, text: str, tokens: list[dict[str, Any]]) -> dict[str, Any]:
-        """A chunk with released text and its monitored tokens (extension field ``scm``)."""
+    def content_chunk(self, text: str, tokens: list[dict[str, Any]],
+                      choice_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A chunk with released text and its monitored tokens (extension field ``scm``); ``choice_extra``:
+        fields added to the choice (Azure's ``content_filter_results``/``content_filter_offsets``)."""
         if self.kind == "chat":
             choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
-        return self._envelope([choice], scm={"tokens": tokens})
+        return self._envelope([{**choice, **(choice_extra or {})}], scm={"tokens": tokens})
 
-    def final_chunk(self, finish_reason: str, moderation: dict[str, Any]) -> dict[str, Any]:
+    def final_chunk(self, finish_reason: str, moderation: dict[str, Any],
+                    choice_extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The last chunk: the finish reason and the ``moderation`` object."""
         if self.kind == "chat":
             choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
-        return self._envelope([choice], moderation=moderation)
+        return self._envelope([{**choice, **(choice_extra or {})}], moderation=moderation)
 
     def usage_chunk(self, usage: dict[str, int] | None) -> dict[str, Any]:
         """The extra last chunk of ``stream_options.include_usage``: no choices, the usage (null when unknown: an
@@ -333,8 +340,8 @@ class ResponseWriter:
         return self._envelope([], usage=usage)
 
     def response(self, text: str, finish_reason: str, moderation: dict[str, Any],
-                 usage: dict[str, int] | None) -> dict[str, Any]:
-        """The non-streaming response."""
+                 usage: dict[str, int] | None, choice_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The non-streaming response (``choice_extra``: fields added to the choice)."""
         if self.kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                       "finish_reason": finish_reason}
@@ -342,8 +349,8 @@ class ResponseWriter:
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
             obj = "text_completion"
-        body = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice],
-                "moderation": moderation}
+        body = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": [{**choice, **(choice_extra or {})}], "moderation": moderation}
         if usage is not None:
             body["usage"] = usage
         return body

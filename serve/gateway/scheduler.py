@@ -82,6 +82,9 @@ class StreamEvent:
             withheld, and the stream takes no more input.
         error: the stream failed (a message of the gateway's own, safe to show a client).
         unmonitored: after a monitor failure under ``on_error="open"``: the rest passes through unscored.
+        category_probs: with a category head, the category distribution of each of ``tokens`` (None without one).
+        annotations: firings of the rule the category policy let through in this step
+            (:class:`~serve.monitor.CategoryAnnotation`).
     """
 
     released: str = ""
@@ -91,6 +94,8 @@ class StreamEvent:
     truncated: bool = False
     error: str | None = None
     unmonitored: bool = False
+    category_probs: list[list[float]] | None = None
+    annotations: list[Any] = field(default_factory=list)
 
 
 def span_texts(tokenizer, segment: str, token_ids: Sequence[int]) -> list[str]:
@@ -135,6 +140,8 @@ class MonitoredStream:
         self.released_chars = 0
         self.tokens_scored = 0
         self.max_score: float | None = None
+        # With a category head: the category distribution at the token of max_score.
+        self.peak_category_probs: list[float] | None = None
         self.truncated = False  # worker side: the monitor's maximum length was reached
         # Guarded by the scheduler's lock.
         self._pending: list[Any] = []
@@ -646,27 +653,37 @@ class MonitorScheduler:
             tail = self._text_event(stream, final)
             event.released += tail.released
             event.tokens += tail.tokens
+            if event.category_probs is not None or tail.category_probs is not None:
+                event.category_probs = (event.category_probs or []) + (tail.category_probs or [])
+            event.annotations += tail.annotations
             event.stop = tail.stop
             event.finished = True
         self._post(stream, event)
 
     def _text_event(self, stream: MonitoredStream, update) -> StreamEvent:
         guard = stream.guard
-        self._account(stream, update.scores)
+        self._account(stream, update.scores, update.category_probs)
         # In hold-back mode the tokens' received texts are exactly the released text (the page colours it).
         tokens = [{"text": t, "score": s} for t, s in zip(update.raw_token_texts, update.scores)]
-        event = StreamEvent(released=update.released, tokens=tokens)
+        event = StreamEvent(released=update.released, tokens=tokens, category_probs=update.category_probs,
+                            annotations=list(update.annotations))
         if update.stop is not None:
             at = update.stop.event.index - (guard.state.n_response_tokens - len(update.token_ids))
             event.tokens = tokens[:at]
+            if event.category_probs is not None:
+                event.category_probs = event.category_probs[:at]
             event.stop = StopDetails(update.stop.event)
         return event
 
-    def _account(self, stream: MonitoredStream, scores: Sequence[float]) -> None:
+    def _account(self, stream: MonitoredStream, scores: Sequence[float],
+                 category_probs: Sequence[Sequence[float]] | None = None) -> None:
         stream.tokens_scored += len(scores)
         if scores:
-            peak = max(scores)
-            stream.max_score = peak if stream.max_score is None else max(stream.max_score, peak)
+            at = max(range(len(scores)), key=scores.__getitem__)
+            if stream.max_score is None or scores[at] > stream.max_score:
+                stream.max_score = scores[at]
+                if category_probs is not None:
+                    stream.peak_category_probs = list(category_probs[at])
 
     def _score_ids(self, works: list[_Work]) -> None:
         """Push id streams in one batched step (a stream is cut at the monitor's maximum length). Raises only while
@@ -690,12 +707,15 @@ class MonitorScheduler:
         """Post an id stream's event: the text of its scored ids (up to a stop), its end or its truncation."""
         stream = work.stream
         texts = stream.detokenizer.add(ids)
-        self._account(stream, result.scores)
+        self._account(stream, result.scores, result.category_probs)
         tokens = [{"text": t, "score": s} for t, s in zip(texts, result.scores)]
-        event = StreamEvent(released="".join(texts), tokens=tokens)
+        event = StreamEvent(released="".join(texts), tokens=tokens, category_probs=result.category_probs,
+                            annotations=list(result.annotations))
         if result.stop is not None:
             at = result.stop.index - (stream.state.n_response_tokens - len(ids))
             event.tokens = tokens[:at]
+            if event.category_probs is not None:
+                event.category_probs = event.category_probs[:at]
             event.released = "".join(texts[:at])
             event.stop = StopDetails(result.stop)
         elif truncated:

@@ -34,12 +34,13 @@ from pathlib import Path
 import torch
 import uvicorn
 
+from serve.category_policy import policy_from_args
 from serve.gateway.app import Gateway, create_app
 from serve.gateway.config import GatewayArguments, check_args
 from serve.gateway.sources import LocalGenerator, Upstream
 from serve.monitor import StreamingMonitor
 from utils.cli import parse_dataclasses
-from utils.io_utils import write_json
+from utils.io_utils import read_json, write_json
 
 SCRIPT = "python -m serve.gateway"
 log = logging.getLogger("serve.gateway")
@@ -89,6 +90,8 @@ def build_gateway(args: GatewayArguments) -> Gateway:
                 "minutes on an idle 2-core CPU; `bash scripts/quickstart.sh` also does it)")
         raise FileNotFoundError(f"no monitor checkpoint at {args.model_path} (no config.json there): {hint}, or pass "
                                 f"--model-path FOLDER of an SCM checkpoint")
+    # The category flags are checked against the checkpoint's head before its weights are loaded.
+    policy_from_args(args, read_json(path / "config.json").get("category_labels"))
     device = _device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,6 +101,7 @@ def build_gateway(args: GatewayArguments) -> Gateway:
                                                max_benign_stop_rate=args.max_benign_stop_rate)
     if monitor.tokenizer is None:
         raise ValueError(f"{args.model_path} holds no tokenizer files; save the tokenizer into the checkpoint")
+    monitor.category_policy = policy_from_args(args, monitor.category_labels)
     info: dict[str, str] = {"model_path": args.model_path}
     upstream = generator = None
     if args.upstream is not None:
@@ -119,6 +123,7 @@ def build_gateway(args: GatewayArguments) -> Gateway:
                    max_tokens=args.max_tokens, api_key=args.api_key or os.environ.get("SCM_API_KEY"),
                    retry_after=args.retry_after, info=info, max_request_bytes=args.max_request_bytes,
                    stream_idle_timeout=args.stream_idle_timeout, max_stream_seconds=args.max_stream_seconds,
+                   annotations=args.annotations,
                    scheduler_options={"max_streams": args.max_streams, "max_batch_streams": args.max_batch_streams,
                                       "max_pending": args.max_pending_chars, "hold_back": args.hold_back,
                                       "on_error": args.on_monitor_error})

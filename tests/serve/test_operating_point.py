@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"theta": 0.5, "delay_k": 1, "scorer": "token", "task": "scm"}
 WHEN = "2026-01-31T12:00:00+0000"
 ORIGIN = f"(leak_free, chosen on val of data/realmix2 by `bash scripts/run-scm.sh test` at {WHEN})"
+# /health (an open route) names the data folder by its name only.
+PUBLIC_ORIGIN = f"(leak_free, chosen on val of realmix2 by `bash scripts/run-scm.sh test` at {WHEN})"
 
 
 def _point(selection, theta, k, scorer="token", **extra):
@@ -92,9 +94,27 @@ def test_no_flag_serves_the_files_default_entry(calibrated):
     assert served.description == f"theta 0.9, k 9, delay-k, token scorer from operating_point.json {ORIGIN}"
     assert served.warning is None and served.calibrated
     public = served.public()
-    assert (public["source"], public["data_dir"], public["chosen_by"], public["chosen_at"]) == (
-        "operating_point.json", "data/realmix2", "bash scripts/run-scm.sh test", WHEN)
+    assert (public["source"], public["data"], public["chosen_by"], public["chosen_at"]) == (
+        "operating_point.json", "realmix2", "bash scripts/run-scm.sh test", WHEN)
     assert public["validation"]["benign_stop_rate"] == 0.01 and str(calibrated) not in json.dumps(public)
+    assert "data_dir" not in public and "data/realmix2" not in json.dumps(public)
+    assert public["description"] == f"theta 0.9, k 9, delay-k, token scorer from operating_point.json {PUBLIC_ORIGIN}"
+
+
+def test_the_public_view_shows_no_path(tmp_path):
+    """/health is an open route: of the recorded data folder only its name, and the driver only when it is one of the
+    repository's own commands (a hand-edited file may hold anything)."""
+    folder = write_points(tmp_path / "ckpt")
+    content = json.loads((folder / "operating_point.json").read_text())
+    content["source"].update(data_dir="/home/someone/private/data/realmix2/", driver="/opt/tools/evaluate.sh --x")
+    (folder / "operating_point.json").write_text(json.dumps(content))
+    served = resolve_operating_point(folder, CONFIG)
+    public = served.public()
+    assert public["data"] == "realmix2" and public["chosen_by"] is None
+    shown = json.dumps(public)
+    assert "/home" not in shown and "/opt" not in shown and "private" not in shown
+    assert "of realmix2 by `an evaluation`" in public["description"]
+    assert "/home/someone/private/data/realmix2/" in served.description  # the CLI's own line keeps what was recorded
 
 
 def test_explicit_flags_win_field_by_field(calibrated):
@@ -250,7 +270,8 @@ def test_gateway_health_reports_the_point_and_its_source(smol_checkpoint, tmp_pa
     point = body["operating_point"]
     assert (point["theta"], point["k"], point["scorer"], point["selection"], point["source"]) == (
         0.9, 9, "token", "leak_free", "operating_point.json")
-    assert point["data_dir"] == "data/realmix2" and point["description"].endswith(ORIGIN)
+    assert point["data"] == "realmix2" and point["description"].endswith(PUBLIC_ORIGIN)
+    assert "data/realmix2" not in json.dumps(body)  # /health shows no path, not even a relative one
     assert body["monitor"]["theta"] == 0.9 and body["monitor"]["rule"] == "delay-9"
     assert str(tmp_path) not in json.dumps(point)
     flagged = _health(_gateway(["--model-path", str(folder), "--k", "4", "--operating-point", "budget"]))

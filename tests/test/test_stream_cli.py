@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import statistics
@@ -130,6 +131,62 @@ def test_input_file_mode_stops_each_record_on_its_full_tokenization(flagging_che
         assert not third["stopped"] and third["response_tokens_scored"] == 0
         assert "[record 1] STOPPED at response token 2" in printed
         assert "[record 3] not stopped (end of response): 0 response tokens scored" in printed
+
+
+@pytest.fixture(scope="module")
+def category_checkpoint(tmp_path_factory, smol_dir) -> Path:
+    """The flagging checkpoint's token head (every token scores 0.9933) with a category head that names illicit
+    everywhere (zero weights, bias 6 of 3 labels: p = e^6 / (e^6 + 2))."""
+    folder = tmp_path_factory.mktemp("category-scm")
+    tokenizer = AutoTokenizer.from_pretrained(smol_dir)
+    torch.manual_seed(0)
+    model = SCMModel(SCMConfig(backbone_config=tiny_llama_config(tokenizer).to_dict(), theta=0.9, delay_k=2,
+                               category_labels=["hate", "illicit", "self-harm"]))
+    with torch.no_grad():
+        model.token_scorer[1].weight.zero_()
+        model.token_scorer[1].bias.copy_(torch.tensor([0.0, 5.0]))
+        model.category_scorer.weight.zero_()
+        model.category_scorer.bias.copy_(torch.tensor([0.0, 6.0, 0.0]))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_stop_names_its_category_and_the_policy_flags_apply(category_checkpoint, plain_checkpoint, smol_generator,
+                                                             tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "response": "First, gather the tools. Then go."}) + "\n")
+    score, p_illicit = 1 / (1 + math.exp(-5)), math.exp(6) / (math.exp(6) + 2)
+    report, printed = _run_cli(model_path=str(category_checkpoint), input=str(pairs), k=3)
+    stop = report["results"][0]["stop"]
+    assert (stop["index"], stop["category"]) == (2, "illicit")
+    assert stop["category_score"] == pytest.approx(score * p_illicit, abs=1e-5)
+    assert list(stop["category_scores"]) == ["hate", "illicit", "self-harm"]
+    assert f"; category illicit (category score {score * p_illicit:.4f})" in printed
+    assert "[categories] stop on: hate, illicit, self-harm; annotate only: none" in printed
+    assert report["operating_point"]["categories"]["block"] == ["hate", "illicit", "self-harm"]
+    # Annotated: the stream is not stopped; every firing from the k-th flagged token on is listed.
+    report, printed = _run_cli(model_path=str(category_checkpoint), input=str(pairs), k=3,
+                               annotate_categories="illicit")
+    result = report["results"][0]
+    assert not result["stopped"] and result["shown_text"] == "First, gather the tools. Then go."
+    assert [a["response_token_index"] for a in result["annotations"]] == list(range(2, result[
+        "response_tokens_scored"]))
+    assert f"annotated, not stopped: illicit x{result['response_tokens_scored'] - 2} (first at response token 2" in \
+        printed
+    # Generation through the stopping criteria names the category too.
+    report, printed = _run_cli(model_path=str(category_checkpoint), prompt="Hello", generator=str(smol_generator),
+                               max_new_tokens=6, k=2)
+    assert report["results"][0]["stop"]["category"] == "illicit" and "; category illicit (" in printed
+    with pytest.raises(ValueError, match="--block-categories: unknown category weapons; known: hate, illicit"):
+        _run_cli(model_path=str(category_checkpoint), input=str(pairs), block_categories="weapons")
+    with pytest.raises(ValueError, match="--category-thresholds: this checkpoint has no category head .*"
+                                         "--category-head"):
+        _run_cli(model_path=str(plain_checkpoint), input=str(pairs), category_thresholds="illicit=0.5")
+    # A head-less checkpoint's stop record and report line are what they were.
+    report, printed = _run_cli(model_path=str(plain_checkpoint), input=str(pairs), theta=0.0, k=1)
+    assert "category" not in report["results"][0]["stop"] and "category" not in printed
+    assert report["results"][0]["annotations"] == []
 
 
 def _record_points(folder: Path) -> Path:
