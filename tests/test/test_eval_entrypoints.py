@@ -503,3 +503,12 @@ def test_data_without_categories_has_no_category_section(scm_checkpoint, tiny_pr
     summary = test_qwen_partial.main(_args(test_qwen_partial, scm_checkpoint, tiny_processed_data, tmp_path / "e"))
     assert "categories" not in summary
     assert "category" not in read_predictions(tmp_path / "e" / "predictions-test.jsonl")[0]
+
+
+@pytest.mark.parametrize("module", [test_qwen_partial, test_qwen_full, test_modernbert_partial, test_modernbert_full])
+def test_help_prints(module, capsys):
+    # argparse formats help strings with %: a bare "2%" in a help text breaks --help of every evaluation entry point
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    assert "--max-benign-stop-rate" in capsys.readouterr().out

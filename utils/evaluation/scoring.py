@@ -71,7 +71,7 @@ class EvalArguments:
                 "the smallest k, then theta, within this many points of the best (0 = the max-F1 rule)."})
     max_benign_stop_rate: float = field(default=MAX_BENIGN_STOP_RATE, metadata={
         "help": "False-stop budget of the leak_free_budget rule: the share of benign validation responses the "
-                "monitor may stop (0.02 = 2%); among the (theta, k) within it, the best validation macro-F1."})
+                "monitor may stop (0.02 = 2%%); among the (theta, k) within it, the best validation macro-F1."})
     default_operating_point: str = field(default="leak_free", metadata={
         "help": "Partial runs: which chosen point operating_point.json (written into --model-path) marks as the "
                 "one to serve when run-serve.sh / run-stream.sh get no --operating-point.",
