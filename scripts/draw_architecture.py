@@ -1,5 +1,9 @@
 """Draw the SCM architecture figure (``SCM.png`` at the repository root, shown by the README).
 
+The figure shows the method: the monitored LLM's stream, the causal backbone, the two heads, the training loss and
+the delay-k stop. The code's layout (folders and who imports whom) is the picture at the top of
+``docs/ARCHITECTURE.md``, not this figure.
+
 The figure is generated, not hand-drawn, so that it stays in step with the code: the worked delay-k example in it
 is computed with :func:`utils.decision_rules.delay_k_stop_index`, the same rule the evaluation and streaming use.
 Rendering uses matplotlib's Agg backend with no network access and no timestamp metadata, so the same environment
