@@ -39,6 +39,21 @@ POOLING_RULES = (PAPER_POOLING, LAST_ATTENDED_POOLING)
 CATEGORY_POSITIONS = ("tokens", "pooled")
 
 
+def check_category_fields(labels: list[str] | None, weight: float, positions: str) -> None:
+    """Validate the category head's config fields (labels may be None: no head).
+
+    Raises:
+        ValueError: labels that are not distinct non-empty names, a negative weight or an unknown position rule.
+    """
+    if labels is not None and (not labels or any(not isinstance(name, str) or not name for name in labels)
+                               or len(set(labels)) < len(labels)):
+        raise ValueError(f"category_labels must be distinct non-empty names, got {labels!r}")
+    if weight < 0:
+        raise ValueError(f"category_weight must be >= 0, got {weight}")
+    if positions not in CATEGORY_POSITIONS:
+        raise ValueError(f"category_positions must be one of {', '.join(CATEGORY_POSITIONS)}, got {positions!r}")
+
+
 class SCMConfig(PreTrainedConfig):
     """Configuration of an SCM checkpoint: the backbone's config plus everything the heads and the loss need.
 
@@ -110,15 +125,8 @@ class SCMConfig(PreTrainedConfig):
             raise ValueError(f"max_prompt_tokens must be None (whole prompts) or an integer >= 0, got "
                              f"{self.max_prompt_tokens!r}")
         if self.category_labels is not None:
-            labels = list(self.category_labels)
-            if not labels or any(not isinstance(name, str) or not name for name in labels) or len(set(labels)) < len(labels):
-                raise ValueError(f"category_labels must be distinct non-empty names, got {self.category_labels!r}")
-            self.category_labels = labels
-        if self.category_weight < 0:
-            raise ValueError(f"category_weight must be >= 0, got {self.category_weight}")
-        if self.category_positions not in CATEGORY_POSITIONS:
-            raise ValueError(f"category_positions must be one of {', '.join(CATEGORY_POSITIONS)}, got "
-                             f"{self.category_positions!r}")
+            self.category_labels = list(self.category_labels)
+        check_category_fields(self.category_labels, self.category_weight, self.category_positions)
         if self.pooling_pad_token_id is None and self.backbone_config is not None:
             backbone = self.backbone_config
             self.pooling_pad_token_id = (backbone.get("pad_token_id") if isinstance(backbone, dict)
@@ -317,9 +325,8 @@ class SCMModel(PreTrainedModel):
         """
         if self.has_category_head:
             raise ValueError("the model already has a category head")
-        check = SCMConfig(backbone_config=None, category_labels=labels, category_weight=weight,
-                          category_positions=positions)
-        self.config.category_labels = check.category_labels
+        check_category_fields(list(labels), weight, positions)
+        self.config.category_labels = list(labels)
         self.config.category_weight = float(weight)
         self.config.category_positions = positions
         self.config.category_detach = bool(detach)

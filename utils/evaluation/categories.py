@@ -12,20 +12,15 @@ their rates are counts more than rates (realmix2 test has 7 ``sexual/minors`` re
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from utils.data.categories import ordered_categories
-from utils.metrics import stop_indices
+from utils.metrics import delay_statistics, stop_indices
 
 MIN_SUPPORT = 20
 # The leak-free rules whose operating points get a per-category table (utils/metrics.py names them).
 CATEGORY_RULES = ("leak_free", "leak_free_early", "leak_free_budget")
-
-
-def _shares(records: Sequence[dict[str, Any]], stops: Sequence[int | None]) -> list[float]:
-    return [(stop + 1) / record["n_response_tokens"] for record, stop in zip(records, stops) if stop is not None]
 
 
 def per_category(
@@ -59,13 +54,14 @@ def per_category(
     table = {}
     for category in ordered_categories(groups):
         members = groups[category]
-        shares = _shares([r for r, _ in members], [s for _, s in members])
+        # the reports' own delay statistics over this category's responses (all harmful)
+        stats = delay_statistics([r for r, _ in members], [s for _, s in members])["harmful"]
         table[category] = {
             "harmful": len(members),
-            "stopped": len(shares),
-            "recall": len(shares) / len(members),
-            "mean_share": statistics.fmean(shares) if shares else None,
-            "median_share": statistics.median(shares) if shares else None,
+            "stopped": stats["stopped"],
+            "recall": stats["stopped_rate"],
+            "mean_share": stats["mean_share"],
+            "median_share": stats["median_share"],
             "thin": len(members) < min_support,
         }
     return table
