@@ -35,7 +35,7 @@ def _value(flags: list[str], flag: str) -> str:
 
 def test_the_recipes_are_the_budgets_of_run_realmix():
     assert {r.stem for r in RECIPES} == {"realmix-cpu", "realmix-full", "realmix-prompt-3ep", "realmix-response-1ep",
-                                         "realmix2-cpu", "realmix2-full"}
+                                         "realmix2-all-1ep", "realmix2-cpu", "realmix2-full"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.stem)
