@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Leave-one-source-out on realmix (../shared/data/realmix, never copied into the project): for each JailbreakBench
-# attack and each XSTest model, train without it (in-distribution validation chooses the leak-free operating point)
-# and test on all of its responses; one table per run in $OUT/loso.md (utils/evaluation/loso.py says how sources with one class
-# are handled).
+# Leave-one-source-out (the data is never copied into the project): for each source, train without it
+# (in-distribution validation chooses the leak-free operating point) and test on its responses; one table per run in
+# $OUT/loso.md (utils/evaluation/loso.py says how sources with one class are handled).
 #
-#   bash scripts/run-loso.sh                                                       # the lexical floor, every source
-#   RECIPE=scripts/recipes/realmix-cpu.sh MODELS="lexical scm qwen-full encoder" bash scripts/run-loso.sh
+#   bash scripts/run-loso.sh                      # realmix2 (the default data): its four sources, the lexical floor
+#   RECIPE=scripts/recipes/realmix2-small.sh MODELS="lexical scm" bash scripts/run-loso.sh
+#   REALMIX=../shared/data/realmix bash scripts/run-loso.sh   # realmix: each JailbreakBench attack and XSTest model
 #   SOURCES=jbb-GCG,xstest-gpt4 MODELS=scm RECIPE=... RUNS=runs/loso-try OUT=runs/loso-try bash scripts/run-loso.sh
 #
-# RECIPE names a bash file setting the arrays that run-realmix.sh's BUDGET recipes (scripts/recipes/realmix-*.sh)
-# set, so the neural models train as they do there; with the CPU recipes every fold reuses the frozen-prefix cache
-# of the whole realmix run (a fold's training and validation sequences are a subset of it): DATA_FLAGS / ENCODER_DATA_FLAGS (scripts/run-data.sh flags for SmolLM2 / MiniLM), CAUSAL_FLAGS
-# (run-scm.sh and run-qwen-full.sh training flags), ENCODER_FLAGS (run-modernbert-full.sh training flags), e.g.
+# LEVEL: what one held-out source is: "source" (meta.source: realmix2's cipherchat, gptfuzz, jbb, xstest; the
+# default on realmix2) or "model" (source with its attack or model, e.g. jbb-GCG, xstest-gpt4: realmix's 11, its
+# default). TEST_SPLITS: which original splits of the held-out source are its test (default on realmix2: test, as
+# GPTFuzz alone holds 5,877 responses; on realmix: train,val,test, every record).
+# RECIPE names a bash file setting the arrays that run-realmix.sh's BUDGET recipes (scripts/recipes/*.sh) set, so the
+# neural models train as they do there; with the CPU recipes every fold reuses the frozen-prefix cache of the whole
+# run (a fold's training and validation sequences are a subset of it when that cache holds every training and
+# validation sequence, as the realmix2-all-1ep and realmix-cpu runs' do): DATA_FLAGS / ENCODER_DATA_FLAGS
+# (scripts/run-data.sh flags for SmolLM2 / MiniLM), CAUSAL_FLAGS (run-scm.sh and run-qwen-full.sh training flags),
+# ENCODER_FLAGS (run-modernbert-full.sh training flags), e.g.
 #     DATA_FLAGS=(--max-prompt-tokens 64); ENCODER_DATA_FLAGS=(--max-prompt-tokens 64)
 #     CAUSAL_FLAGS=(--num-train-epochs 1 --freeze-layers 24 --max-length 512); ENCODER_FLAGS=(--max-length 512)
 # A recipe may also set EXTRA_VIEW_FLAGS (run-data.sh flags of a second view of the same examples, e.g.
@@ -20,22 +26,28 @@
 # The neural MODELS need one; the lexical floor needs none (it reads only the responses, which no flag changes).
 # MODELS: lexical (full + partial), scm (token and holistic partial, full), qwen-full (full + partial), encoder
 # (full; partial too with ENCODER_PARTIAL=1: every prefix re-classified, slow on a CPU).
-# Folders, processed data, models and evaluations go to $RUNS (default runs/loso; use a new one for another recipe,
+# Folders, processed data, models and evaluations go to $RUNS (default runs/loso on realmix, runs/loso-realmix2 on
+# realmix2; use a new one for another recipe,
 # as finished steps are skipped: processed data, trained models, and evaluations newer than their model, unless
 # FRESH=1; SOURCES=... runs only those sources and keeps the others' models and evaluations, so the table covers
-# every source evaluated in $RUNS); $OUT (default results/loso) gets loso.md, loso.json, timings.tsv (a row per step
-# run, earlier runs' rows kept) and each
+# every source evaluated in $RUNS); $OUT (default results/loso on realmix, results/realmix2/loso on realmix2) gets
+# loso.md, loso.json, timings.tsv (a row per step run, earlier runs' rows kept) and each
 # evaluation's summary.json and report.md. SMOL / MINILM override the backbones (tests use tiny ones).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 enter_repo REALMIX OUT RUNS RECIPE  # it chains the other drivers by their repository paths
-REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix}"
-OUT="${OUT:-results/loso}"
-RUNS="${RUNS:-runs/loso}"
+REALMIX="${REALMIX:-$SCM_ROOT/../shared/data/realmix2}"
+if [ "$(basename "$REALMIX")" = realmix ]; then  # realmix keeps the folders, units and test of its committed table
+  OUT="${OUT:-results/loso}" RUNS="${RUNS:-runs/loso}" LEVEL="${LEVEL:-model}" TEST_SPLITS="${TEST_SPLITS:-train,val,test}"
+else
+  DATASET="$(basename "$REALMIX")"
+  OUT="${OUT:-results/$DATASET/loso}" RUNS="${RUNS:-runs/loso-$DATASET}" LEVEL="${LEVEL:-source}"
+  TEST_SPLITS="${TEST_SPLITS:-test}"
+fi
 MODELS="${MODELS:-lexical}"
 SOURCES="${SOURCES:-}"
 ENCODER_PARTIAL="${ENCODER_PARTIAL:-0}"
 DATA_FLAGS=() ENCODER_DATA_FLAGS=() CAUSAL_FLAGS=() ENCODER_FLAGS=() EXTRA_VIEW_FLAGS=()
-[ -f "$REALMIX/test_new.json" ] || { echo "run-loso.sh: no realmix at $REALMIX (set REALMIX=...)" >&2; exit 2; }
+[ -f "$REALMIX/test_new.json" ] || { echo "run-loso.sh: no FineHarm-format data at $REALMIX (no test_new.json; set REALMIX=...)" >&2; exit 2; }
 for model in $MODELS; do
   case "$model" in
     lexical) ;;
@@ -54,7 +66,8 @@ needs() { [[ " $MODELS " == *" $1 "* ]]; }
 
 mkdir -p "$OUT"
 timed() { timed_step "$OUT/timings.tsv" "$@"; }  # timed NAME COMMAND...
-python -m utils.evaluation.loso build --input-dir "$REALMIX" --output-dir "$RUNS/folders" ${SOURCES:+--sources "$SOURCES"}
+python -m utils.evaluation.loso build --input-dir "$REALMIX" --output-dir "$RUNS/folders" --level "$LEVEL" \
+  --test-splits "$TEST_SPLITS" ${SOURCES:+--sources "$SOURCES"}
 if needs lexical || needs scm || needs qwen-full; then SMOL="${SMOL:-$(asset_path smollm2)}"; fi
 if needs encoder; then MINILM="${MINILM:-$(asset_path minilm)}"; fi
 

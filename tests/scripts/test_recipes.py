@@ -35,7 +35,8 @@ def _value(flags: list[str], flag: str) -> str:
 
 def test_the_recipes_are_the_budgets_of_run_realmix():
     assert {r.stem for r in RECIPES} == {"realmix-cpu", "realmix-full", "realmix-prompt-3ep", "realmix-response-1ep",
-                                         "realmix2-all-1ep", "realmix2-cpu", "realmix2-full"}
+                                         "realmix2-all-1ep", "realmix2-cpu", "realmix2-full",
+                                         "realmix2-small"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.stem)
@@ -85,7 +86,7 @@ def test_the_full_budget_is_the_papers_on_either_data():
 
 
 @pytest.mark.parametrize("dataset, budgets", [("realmix", "cpu full prompt-3ep response-1ep"),
-                                              ("realmix2", "cpu full")])
+                                              ("realmix2", "all-1ep cpu full small")])
 def test_run_realmix_names_the_budgets_it_knows(tmp_path, dataset, budgets):
     realmix = write_fineharm_folder(tmp_path / dataset, {"train": 2, "val": 2, "test": 2})
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "REALMIX": str(realmix),

@@ -101,3 +101,16 @@ def test_neural_models_need_a_recipe(tmp_path):
     assert done.returncode == 2 and "MODELS=scm needs RECIPE=FILE" in done.stderr
     done = _bash("scripts/run-loso.sh", {"REALMIX": str(realmix), "MODELS": "bert", "OUT": str(tmp_path)})
     assert done.returncode == 2 and "unknown model bert" in done.stderr
+
+
+def test_on_realmix2_a_source_is_held_out_whole_and_tested_on_its_test_split(tmp_path):
+    realmix2 = write_fineharm_folder(tmp_path / "realmix2", {"train": 40, "val": 16, "test": 16})
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    done = _bash("scripts/run-loso.sh", {"REALMIX": str(realmix2), "OUT": str(out), "RUNS": str(runs),
+                                         "SOURCES": "jbb", "MODELS": "lexical"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    built = json.loads((runs / "folders" / "sources.json").read_text())
+    assert built["level"] == "source" and built["test_splits"] == ["test"]
+    rows = json.loads((out / "loso.json").read_text())["rows"]
+    assert rows and all(r["held_out"] == "jbb" and r["n_benign"] + r["n_harmful"]
+                        == sum(built["counts"]["jbb"]["test"].values()) for r in rows)

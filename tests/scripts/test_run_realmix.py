@@ -78,3 +78,22 @@ def test_a_model_trained_by_another_command_is_refused_not_reused(driver_backbon
     assert done.returncode == 2
     assert f"{scm} was trained by another command than BUDGET=tiny's" in done.stderr and "set RUNS=" in done.stderr
     assert not (tmp_path / "out" / "scm").exists() and not (tmp_path / "runs" / "scm.command").exists()
+
+
+def test_models_and_seed_run_one_model_in_the_seeds_own_folders(driver_backbones, tmp_path):
+    write_fineharm_folder(tmp_path / "realmix", {"train": 16, "val": 8, "test": 8})
+    (tmp_path / "tiny.sh").write_text(RECIPE)
+    env = {**_env(tmp_path, driver_backbones), "MODELS": "scm", "SEED": "7", "RUNS": str(tmp_path / "runs-seed7"),
+           "OUT": str(tmp_path / "out-seed7")}
+    done = run_driver("scripts/run-realmix.sh", env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--seed 7" in (tmp_path / "runs-seed7" / "scm.command").read_text()
+    assert sorted(p.name for p in (tmp_path / "runs-seed7").iterdir()) == ["scm", "scm.command"]
+    assert json.loads((tmp_path / "runs-seed7" / "scm" / "training_summary.json").read_text())["arguments"][
+        "training"]["seed"] == 7
+    assert (tmp_path / "out-seed7" / "scm" / "summary.json").is_file()
+    assert "out-seed7/scm" in (tmp_path / "out-seed7" / "report.md").read_text()
+    for bad, message in (({"MODELS": "bert"}, "unknown model bert in MODELS"),
+                         ({"SEED": "x1"}, "SEED must be a non-negative integer")):
+        refused = run_driver("scripts/run-realmix.sh", {**env, **bad})
+        assert refused.returncode == 2 and message in refused.stderr

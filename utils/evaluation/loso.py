@@ -52,26 +52,33 @@ RULE_NAMES = {"leak_free": "best", "leak_free_early": "early"}
 TABLE_NAMES = ("loso.md", "loso.json")
 
 
-def source_key(record: dict[str, Any], where: str) -> str:
-    """``jbb-GCG``, ``xstest-gpt4``: the record's ``meta.source`` and its ``attack`` or ``model``.
+def source_key(record: dict[str, Any], where: str, level: str = "model") -> str:
+    """The held-out unit a record belongs to: at ``level`` "model", ``jbb-GCG``, ``xstest-gpt4`` (the record's
+    ``meta.source`` and its ``attack`` or ``model``); at ``level`` "source", ``jbb``, ``xstest`` (``meta.source``).
 
     Raises:
         DataFormatError: a record without that metadata (naming ``where``).
     """
     meta = record.get("meta")
-    if not isinstance(meta, dict) or not meta.get("source") or not (meta.get("attack") or meta.get("model")):
-        raise DataFormatError(f"{where}: field 'meta' needs 'source' and 'attack' or 'model' (as realmix records "
-                              f"have) to hold a source out")
-    name = f"{meta['source']}-{meta.get('attack') or meta.get('model')}"
+    if level == "source":
+        if not isinstance(meta, dict) or not meta.get("source"):
+            raise DataFormatError(f"{where}: field 'meta' needs 'source' (as realmix and realmix2 records have) to "
+                                  f"hold a source out")
+        name = str(meta["source"])
+    else:
+        if not isinstance(meta, dict) or not meta.get("source") or not (meta.get("attack") or meta.get("model")):
+            raise DataFormatError(f"{where}: field 'meta' needs 'source' and 'attack' or 'model' (as realmix records "
+                                  f"have) to hold a source out at --level model; --level source needs 'source' only")
+        name = f"{meta['source']}-{meta.get('attack') or meta.get('model')}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def source_counts(data: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, int]]]:
+def source_counts(data: dict[str, list[dict[str, Any]]], level: str = "model") -> dict[str, dict[str, dict[str, int]]]:
     """``{source: {split: {"benign": n, "harmful": n}, "all": {...}}}``, sources sorted by name."""
     counts: dict[str, Counter] = {}
     for split, records in data.items():
         for index, record in enumerate(records):
-            key = source_key(record, f"{SPLIT_FILES[split]}, record {index}")
+            key = source_key(record, f"{SPLIT_FILES[split]}, record {index}", level)
             counts.setdefault(key, Counter())[split, response_label(record)] += 1
     result = {}
     for key in sorted(counts):
@@ -81,8 +88,12 @@ def source_counts(data: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, 
     return result
 
 
-def held_out_split(data: dict[str, list[dict[str, Any]]], held_out: str) -> tuple[dict[str, list[dict]], list[dict]]:
+def held_out_split(data: dict[str, list[dict[str, Any]]], held_out: str, level: str = "model",
+                   test_splits: Sequence[str] = SPLITS) -> tuple[dict[str, list[dict]], list[dict]]:
     """The FineHarm splits for one held-out source, and the provenance of its test records.
+
+    The held-out source's records of ``test_splits`` form the test split; its records of the other splits are used
+    nowhere (neither in training nor in selection).
 
     Returns:
         ``({"train": [...], "val": [...], "test": [...]}, [{"split", "index"} per test record])``.
@@ -91,9 +102,10 @@ def held_out_split(data: dict[str, list[dict[str, Any]]], held_out: str) -> tupl
     provenance = []
     for split, records in data.items():
         for index, record in enumerate(records):
-            if source_key(record, f"{SPLIT_FILES[split]}, record {index}") == held_out:
-                folds["test"].append(record)
-                provenance.append({"split": split, "index": index})
+            if source_key(record, f"{SPLIT_FILES[split]}, record {index}", level) == held_out:
+                if split in test_splits:
+                    folds["test"].append(record)
+                    provenance.append({"split": split, "index": index})
             elif split in ("train", "val"):
                 folds[split].append(record)
     return folds, provenance
@@ -109,6 +121,14 @@ class BuildArguments:
                                               "(replaced whole)."})
     sources: str | None = field(default=None, metadata={"help": "Comma-separated sources to hold out (default: "
                                                                 "all), e.g. jbb-GCG,xstest-gpt4."})
+    level: str = field(default="model", metadata={
+        "help": "What one held-out source is: model (meta.source with its attack or model, e.g. jbb-GCG: realmix's "
+                "11 units) or source (meta.source alone, e.g. jbb: realmix2's four sources).",
+        "choices": ["model", "source"]})
+    test_splits: str = field(default=",".join(SPLITS), metadata={
+        "help": "Which original splits of the held-out source make its test split (comma-separated of "
+                f"{','.join(SPLITS)}; default all: every record of it). 'test' alone keeps a big source's "
+                "evaluation small; its other records are then used nowhere."})
 
 
 def build(args: BuildArguments) -> dict[str, Any]:
@@ -117,21 +137,28 @@ def build(args: BuildArguments) -> dict[str, Any]:
     Raises:
         FileNotFoundError / DataFormatError: a missing or malformed input. ValueError: an unknown source name.
     """
+    test_splits = [s.strip() for s in args.test_splits.split(",") if s.strip()]
+    if not test_splits or any(s not in SPLITS for s in test_splits):
+        raise ValueError(f"--test-splits: expected a comma-separated subset of {','.join(SPLITS)}, got "
+                         f"'{args.test_splits}'")
     data = load_fineharm(args.input_dir, SPLITS)
-    counts = source_counts(data)
+    counts = source_counts(data, args.level)
     chosen = list(counts) if not args.sources else [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in counts]
     if unknown:
         raise ValueError(f"--sources: unknown source(s) {', '.join(unknown)}; {args.input_dir} holds "
                          f"{', '.join(counts)}")
+    test_text = ("all records of the held-out source, from every original split" if set(test_splits) == set(SPLITS)
+                 else f"the held-out source's records of the original {'/'.join(test_splits)} split(s); its other "
+                      f"records are used nowhere")
     manifest: dict[str, Any] = {"format_version": 1, "input_dir": args.input_dir, "min_class": MIN_CLASS,
-                                "test": "all records of the held-out source, from every original split",
+                                "level": args.level, "test_splits": test_splits, "test": test_text,
                                 "counts": counts, "held_out": {}}
     # Any source's folder may be replaced (a later run over other sources rebuilds the folder for those only; the
     # folders are derived data, the models and evaluations live elsewhere); foreign files still stop it.
     with staged_output_dir(args.output_dir, [*counts, SOURCES_NAME]) as tmp:
         for held_out in chosen:
-            folds, provenance = held_out_split(data, held_out)
+            folds, provenance = held_out_split(data, held_out, args.level, test_splits)
             folder = tmp / held_out
             folder.mkdir()
             for split, records in folds.items():

@@ -36,6 +36,35 @@ def test_counts_and_held_out_folds():
     assert all(loso.source_key(r, "x") == "xstest-gpt4" for r in folds["train"] + folds["val"])
 
 
+def test_source_level_holds_out_a_whole_source_and_test_splits_keep_its_test_small():
+    data = {"train": [_record("jbb", "GCG", True), _record("jbb", "JBC", False), _record("xstest", "gpt4", False)],
+            "val": [_record("jbb", "DSN", True), _record("xstest", "gpt4", False)],
+            "test": [_record("jbb", "GCG", False), _record("xstest", "mistral", True)]}
+    counts = loso.source_counts(data, "source")
+    assert list(counts) == ["jbb", "xstest"]
+    assert counts["jbb"]["all"] == {"benign": 2, "harmful": 2}
+    folds, provenance = loso.held_out_split(data, "jbb", "source", ["test"])
+    assert [len(folds[s]) for s in ("train", "val", "test")] == [1, 1, 1]  # jbb's train/val records: nowhere
+    assert provenance == [{"split": "test", "index": 0}]
+    assert all(r["meta"]["source"] == "xstest" for r in folds["train"] + folds["val"])
+    with pytest.raises(DataFormatError, match="needs 'source'"):
+        loso.source_key({"meta": {"model": "gpt4"}}, "test_new.json, record 3", "source")
+
+
+def test_build_at_source_level_records_its_level_and_test_splits(tmp_path):
+    source = write_fineharm_folder(tmp_path / "in")
+    manifest = loso.main(*loso.parse_args(["build", "--input-dir", str(source), "--output-dir", str(tmp_path / "out"),
+                                           "--level", "source", "--test-splits", "test"]))
+    assert manifest["level"] == "source" and manifest["test_splits"] == ["test"]
+    assert set(manifest["held_out"]) == {r["meta"]["source"] for r in
+                                         json.loads((source / "train_new.json").read_text())}
+    for held_out, info in manifest["held_out"].items():
+        assert info["sizes"]["test"] == manifest["counts"][held_out]["test"]["benign"] + \
+            manifest["counts"][held_out]["test"]["harmful"]
+    with pytest.raises(ValueError, match="--test-splits"):
+        loso.build(loso.BuildArguments(input_dir=str(source), output_dir=str(tmp_path / "o2"), test_splits="dev"))
+
+
 def test_build_writes_fineharm_folders(tmp_path):
     source = write_fineharm_folder(tmp_path / "in")
     manifest = loso.main(*loso.parse_args(["build", "--input-dir", str(source), "--output-dir", str(tmp_path / "out"),
