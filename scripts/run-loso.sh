@@ -129,4 +129,4 @@ for source in $(python -m utils.evaluation.loso list --folders "$RUNS/folders");
     fi
   fi
 done
-python -m utils.evaluation.loso table --runs-dir "$RUNS/eval" --output-dir "$OUT"
+python -m utils.evaluation.loso table --runs-dir "$RUNS/eval" --output-dir "$OUT" --folders "$RUNS/folders"

@@ -111,6 +111,7 @@ def test_on_realmix2_a_source_is_held_out_whole_and_tested_on_its_test_split(tmp
     assert done.returncode == 0, done.stderr[-3000:]
     built = json.loads((runs / "folders" / "sources.json").read_text())
     assert built["level"] == "source" and built["test_splits"] == ["test"]
+    assert "reported on the held-out source's records of the original test split" in (out / "loso.md").read_text()
     rows = json.loads((out / "loso.json").read_text())["rows"]
     assert rows and all(r["held_out"] == "jbb" and r["n_benign"] + r["n_harmful"]
                         == sum(built["counts"]["jbb"]["test"].values()) for r in rows)

@@ -48,6 +48,7 @@ from utils.io_utils import DataFormatError, atomic_write, read_json, staged_outp
 
 SOURCES_NAME = "sources.json"
 MIN_CLASS = 10
+ALL_RECORDS = "all records of the held-out source, from every original split"
 RULE_NAMES = {"leak_free": "best", "leak_free_early": "early"}
 TABLE_NAMES = ("loso.md", "loso.json")
 
@@ -148,7 +149,7 @@ def build(args: BuildArguments) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"--sources: unknown source(s) {', '.join(unknown)}; {args.input_dir} holds "
                          f"{', '.join(counts)}")
-    test_text = ("all records of the held-out source, from every original split" if set(test_splits) == set(SPLITS)
+    test_text = (ALL_RECORDS if set(test_splits) == set(SPLITS)
                  else f"the held-out source's records of the original {'/'.join(test_splits)} split(s); its other "
                       f"records are used nowhere")
     manifest: dict[str, Any] = {"format_version": 1, "input_dir": args.input_dir, "min_class": MIN_CLASS,
@@ -264,7 +265,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], min_class: int) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], min_class: int, tested_on: str = ALL_RECORDS) -> str:
     """The table, then one line per (run, mode, scorer): the mean over held-out sources where a metric exists."""
     header = ["Held-out source", "Benign", "Harmful", "Run", "Mode", "Rule", "θ", "k", "Macro-F1", "Harmful R",
               "FAR", "Seen"]
@@ -286,7 +287,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], min_class: int) -> str:
         lines.append(f"| {run} | {label} | {RULE_NAMES[rule]} | {len(group)} | " + " | ".join(
             _pct(_mean([r[m] for r in group])) for m in ("macro_f1", "harmful_recall", "far", "mean_share")) + " |")
     note = (f"Leak-free operating points, chosen on the in-distribution validation split (the other sources' "
-            f"validation records) and reported on every response of the held-out source: *best* = the theta (and k "
+            f"validation records) and reported on {tested_on}: *best* = the theta (and k "
             f"for partial detection) with the best validation macro-F1; *early* = the smallest k, then theta, whose "
             f"validation macro-F1 is within the selection tolerance of the best. Metrics in %. A metric is shown only "
             f"when the held-out source has at least {min_class} responses of the class it needs (harmful recall and "
@@ -302,6 +303,8 @@ class TableArguments:
     runs_dir: str = field(metadata={"help": "Folder holding <source>/<run>/summary.json (evaluation outputs)."})
     output_dir: str = field(metadata={"help": "Where loso.md and loso.json go."})
     min_class: int = field(default=MIN_CLASS, metadata={"help": "Fewest responses of a class for its metrics."})
+    folders: str | None = field(default=None, metadata={"help": "The --output-dir of `build` (its sources.json says "
+                                                                "what the held-out test held; default: every record)."})
 
 
 def table(args: TableArguments) -> str:
@@ -309,7 +312,9 @@ def table(args: TableArguments) -> str:
     if args.min_class < 1:
         raise ValueError(f"--min-class must be >= 1, got {args.min_class}")
     rows = collect_rows(args.runs_dir, args.min_class)
-    text = markdown_table(rows, args.min_class)
+    manifest = Path(args.folders) / SOURCES_NAME if args.folders else None
+    tested_on = read_json(manifest)["test"] if manifest and manifest.is_file() else ALL_RECORDS
+    text = markdown_table(rows, args.min_class, tested_on)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     with atomic_write(output / "loso.md") as handle:
