@@ -152,7 +152,7 @@ def build(args: BuildArguments) -> dict[str, Any]:
     test_text = (ALL_RECORDS if set(test_splits) == set(SPLITS)
                  else f"the held-out source's records of the original {'/'.join(test_splits)} split(s); its other "
                       f"records are used nowhere")
-    manifest: dict[str, Any] = {"format_version": 1, "input_dir": args.input_dir, "min_class": MIN_CLASS,
+    manifest: dict[str, Any] = {"format_version": 1, "input_dir": portable_path(args.input_dir), "min_class": MIN_CLASS,
                                 "level": args.level, "test_splits": test_splits, "test": test_text,
                                 "counts": counts, "held_out": {}}
     # Any source's folder may be replaced (a later run over other sources rebuilds the folder for those only; the
