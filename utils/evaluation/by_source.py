@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from utils.data.fineharm import SPLIT_FILES, load_fineharm, response_label
 from utils.evaluation.categories import CATEGORY_RULES
 from utils.evaluation.predictions import predictions_path, read_predictions
-from utils.io_utils import DataFormatError, atomic_write, read_json
+from utils.io_utils import DataFormatError, read_json, write_text
 from utils.metrics import delay_statistics, stop_indices
 
 RULE_TITLES = {"leak_free": "leak-free", "leak_free_early": "leak-free, early", "leak_free_budget": "budget"}
@@ -125,8 +125,7 @@ def main(args: BySourceArguments) -> dict[str, Any]:
     """Print (and write) the tables; return their data."""
     text, data = by_source(args.run, args.input_dir, args.scorer, args.level)
     if args.output:
-        with atomic_write(args.output) as handle:
-            handle.write(text)
+        write_text(args.output, text)
     print(text)
     return data
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from utils.io_utils import REPO_ROOT, DataFormatError, atomic_write, read_json
+from utils.io_utils import REPO_ROOT, DataFormatError, read_json, write_text
 
 METRICS = ("macro_f1", "harmful_recall", "benign_stops", "seen_stopped", "seen_all", "budget_recall",
            "budget_benign_stops")
@@ -170,8 +170,7 @@ def main(args: CompareArguments) -> str:
     text = markdown(rows, args.split, args.scorer, mean_row(rows) if args.mean else None)
     if args.title:
         text = f"# {args.title}\n\n{text}"
-    with atomic_write(args.output) as handle:
-        handle.write(text)
+    write_text(args.output, text)
     print(text)
     return text
 
