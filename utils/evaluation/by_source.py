@@ -20,13 +20,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.data.fineharm import SPLIT_FILES, load_fineharm, response_label
-from utils.evaluation.categories import CATEGORY_RULES
 from utils.evaluation.predictions import predictions_path, read_predictions
+from utils.evaluation.report import LEAK_FREE_PROTOCOLS, PROTOCOL_LABELS
 from utils.io_utils import DataFormatError, read_json, write_text
 from utils.metrics import delay_statistics, stop_indices
-
-RULE_TITLES = {"leak_free": "leak-free", "leak_free_early": "leak-free, early", "leak_free_budget": "budget"}
-
 
 def source_of(record: dict[str, Any], level: str) -> str:
     """``jbb`` (level ``source``) or ``jbb/GCG`` (level ``model``), ``unknown`` without ``meta.source``."""
@@ -92,14 +89,14 @@ def by_source(run: str | Path, input_dir: str | Path, scorer: str = "token", lev
                                            f"{Path(input_dir) / SPLIT_FILES[split]}", level)
     data: dict[str, Any] = {"run": str(run), "split": split, "scorer": scorer, "level": level, "rules": {}}
     lines = [f"# {run}: by source ({split} split, {scorer} scorer)", ""]
-    for rule in CATEGORY_RULES:
+    for protocol, rule in LEAK_FREE_PROTOCOLS:  # the reports' rules, under the reports' names
         point = points.get(rule)
         if not point:
             continue
         stops = stop_indices(records, scorer, point["theta"], point["k"], point.get("counting", "all"))
         table = source_table(records, sources, stops)
         data["rules"][rule] = {"theta": point["theta"], "k": point["k"], "sources": table}
-        lines += [f"## {RULE_TITLES[rule]} (θ {point['theta']:g}, k {point['k']})", "",
+        lines += [f"## {PROTOCOL_LABELS[protocol]} (θ {point['theta']:g}, k {point['k']})", "",
                   "| source | harmful | harmful stopped % | seen (stopped) % | benign | benign stopped % |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {name} | {row['harmful']} | {_pct(row['recall'])} | {_pct(row['mean_share'])} | "
